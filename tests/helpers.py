@@ -1,0 +1,33 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def datasets_root() -> Path:
+    return Path(os.environ.get("GRAPHREC_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+def require_dataset(relative: str) -> Path:
+    """The path of a shared dataset, or a skip naming what is missing."""
+    path = datasets_root() / relative
+    if not path.exists():
+        pytest.skip(f"dataset {path} is absent (set GRAPHREC_DATASETS to the datasets folder)")
+    return path
+
+
+def dense_adjacency(graph) -> np.ndarray:
+    """The graph's weighted adjacency as a dense `[n, n]` matrix, rows = receivers."""
+    n = int(np.sum(graph.n_node))
+    matrix = np.zeros((n, n), np.float64)
+    np.add.at(
+        matrix, (np.asarray(graph.receivers), np.asarray(graph.senders)), np.asarray(graph.edges["weight"])
+    )
+    return matrix
