@@ -18,6 +18,8 @@ TEXT_REGIMES = ("frozen", "finetune")
 LOSSES = ("bpr", "bce", "softmax")
 AGGREGATIONS = ("auto", "native", "segment_sum")
 POOLINGS = ("pooler", "cls", "mean")
+SAMPLING_MODES = ("full", "sampled")
+NEIGHBOR_SAMPLING_METHODS = ("uniform", "importance")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -91,6 +93,17 @@ def default_config() -> ml_collections.ConfigDict:
     train.plot_curves = False
     train.progress_bar = True
 
+    # Full-graph training propagates over the whole graph every step; sampled training
+    # propagates over each batch's sampled, padded neighbourhood subgraph.
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.mode = "full"
+    sampling.fanouts = "10,10"  # neighbours drawn per node at each hop, seeds outwards
+    sampling.method = "uniform"  # or "importance": PinSage top-T by random-walk visit counts
+    sampling.num_walks = 20  # importance: walks started per node
+    sampling.walk_length = 2  # importance: user-item-user... hops per walk (even: same node type)
+    sampling.prefetch_batches = 2  # batches prepared ahead by a host thread; 0 prepares inline
+    sampling.seed = 0
+
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.k = 20
     evaluation.extra_k = ""  # more cut-offs, for example "10,50"
@@ -150,6 +163,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive("train.num_epochs", config.train.num_epochs, allow_zero=True)
     _positive("train.eval_every_epochs", config.train.eval_every_epochs, allow_zero=True)
     _positive("train.keep_checkpoints", config.train.keep_checkpoints)
+    _choice("sampling.mode", config.sampling.mode, SAMPLING_MODES)
+    _choice("sampling.method", config.sampling.method, NEIGHBOR_SAMPLING_METHODS)
+    fanouts = parse_int_list(config.sampling.fanouts, "sampling.fanouts")
+    if config.sampling.mode == "sampled" and (not fanouts or any(f <= 0 for f in fanouts)):
+        raise ConfigError(f"sampling.fanouts={config.sampling.fanouts!r} must list positive integers, such as '10,10'")
+    _positive("sampling.prefetch_batches", config.sampling.prefetch_batches, allow_zero=True)
     _positive("eval.k", config.eval.k)
     _positive("eval.user_chunk_size", config.eval.user_chunk_size)
     _choice("eval.best_metric", config.eval.best_metric, ("recall", "ndcg", "precision", "hit_rate", "mrr"))

@@ -15,7 +15,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-_identity = jax.pmap(lambda tree: tree)
+AXIS = "batch"  # the pmap axis of every mapped step
+
+# Placing through a pmap with the steps' axis name gives arrays the exact sharding the steps
+# return, so a step never recompiles for a state it produced itself.
+_identity = jax.pmap(lambda tree: tree, axis_name=AXIS)
 
 
 def num_local_devices() -> int:

@@ -73,30 +73,92 @@ def num_batches(num_examples: int, batch_size: int) -> int:
 
 
 def iterate_batches(
-    triples: dict[str, np.ndarray], batch_size: int, num_devices: int, start_batch: int = 0
+    triples: dict[str, np.ndarray],
+    batch_size: int,
+    num_devices: int,
+    start_batch: int = 0,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields fixed-shape batches split over devices, from batch `start_batch` on.
+    """Yields this process's share of fixed-shape global batches, from batch `start_batch` on.
 
-    Every array gets shape `[num_devices, batch_size // num_devices, ...]`; the last partial
-    batch is padded with index 0 and `mask` False, so one compiled step serves every batch.
+    A global batch of `batch_size` rows is split evenly over `process_count` processes and
+    then over this process's `num_devices` devices: every array gets shape
+    `[num_devices, batch_size // (process_count * num_devices), ...]`. The last partial batch
+    is padded with index 0 and `mask` False, so one compiled step serves every batch.
     """
-    if batch_size % num_devices:
+    shards = num_devices * process_count
+    if batch_size % shards:
         raise ValueError(
-            f"train.batch_size={batch_size} must be divisible by the {num_devices} devices; "
-            f"use a multiple of {num_devices}"
+            f"train.batch_size={batch_size} must be divisible by the {shards} devices "
+            f"({process_count} processes x {num_devices} local devices); use a multiple of {shards}"
         )
     count = len(triples["users"])
-    per_device = batch_size // num_devices
+    per_process = batch_size // process_count
+    per_device = per_process // num_devices
     for batch_index in range(start_batch, num_batches(count, batch_size)):
-        start = batch_index * batch_size
-        stop = min(start + batch_size, count)
+        start = batch_index * batch_size + process_index * per_process
+        stop = min(start + per_process, count)
+        real = max(stop - start, 0)
         batch = {}
         for key, values in triples.items():
-            chunk = values[start:stop]
-            if stop - start < batch_size:
-                padding = np.zeros((batch_size - (stop - start),) + chunk.shape[1:], chunk.dtype)
+            chunk = values[start : start + real]
+            if real < per_process:
+                padding = np.zeros((per_process - real,) + chunk.shape[1:], chunk.dtype)
                 chunk = np.concatenate([chunk, padding])
             batch[key] = chunk.reshape((num_devices, per_device) + chunk.shape[1:])
-        mask = np.arange(start, start + batch_size) < stop
-        batch["mask"] = mask.reshape(num_devices, per_device)
+        batch["mask"] = (np.arange(per_process) < real).reshape(num_devices, per_device)
         yield batch
+
+
+class FullGraphBatches:
+    """Batches for full-graph training: each step propagates over the whole training graph.
+
+    The graph (and text features) are per-run constants placed on the devices once; each
+    batch carries only its triples.
+
+    Args:
+      sampler: draws each epoch's triples.
+      batch_size: global batch size (all processes and devices together).
+      num_negatives: negatives per triple.
+      num_devices: this process's local device count.
+      process_index, process_count: this process's place in a multi-process run.
+    """
+
+    def __init__(
+        self,
+        sampler: TripleSampler,
+        batch_size: int,
+        num_negatives: int,
+        num_devices: int,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.num_negatives = num_negatives
+        self.num_devices = num_devices
+        self.process_index = process_index
+        self.process_count = process_count
+        self.batches_per_epoch = num_batches(sampler.num_interactions, batch_size)
+
+    def constants(self, graph, text_features=None) -> dict:
+        """Arrays every step reads: the full graph and, for text fusions, the text features."""
+        constants = {"graph": graph}
+        if text_features is not None:
+            constants["text_features"] = text_features
+        return constants
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """This process's batches of `epoch`, from `start_batch` on (host numpy)."""
+        triples = self.sampler.sample_epoch(epoch, self.num_negatives)
+        return iterate_batches(
+            triples,
+            self.batch_size,
+            self.num_devices,
+            start_batch,
+            process_index=self.process_index,
+            process_count=self.process_count,
+        )

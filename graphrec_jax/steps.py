@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import optax
 
 from graphrec_jax import losses
+from graphrec_jax.devices import AXIS
 from graphrec_jax.model import RecommenderModel
-
-AXIS = "batch"
 
 
 @flax.struct.dataclass

@@ -29,7 +29,7 @@ from graphrec_jax.data.types import Dataset
 from graphrec_jax.evaluation import csr_by_user, evaluate_split
 from graphrec_jax.graph import build_interaction_graph
 from graphrec_jax.model import TEXT_FUSIONS, RecommenderModel, build_model
-from graphrec_jax.sampling import TripleSampler, iterate_batches, num_batches
+from graphrec_jax.sampling import FullGraphBatches, TripleSampler
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,22 @@ def init_params(setup: TrainingSetup, seed: int):
     rng = jax.random.PRNGKey(seed)
     variables = jax.jit(setup.model.init)(rng, setup.graph, setup.text_features)
     return jax.tree.map(np.asarray, variables["params"])
+
+
+def make_batch_source(config: ml_collections.ConfigDict, setup: TrainingSetup):
+    """The batch source `config.train.mode` asks for, fed by LightGCN's triple sampler."""
+    dataset = setup.dataset
+    sampler = TripleSampler(
+        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items, seed=config.seed
+    )
+    return FullGraphBatches(
+        sampler,
+        config.train.batch_size,
+        config.train.num_negatives,
+        devices.num_local_devices(),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
 
 def evaluate_model(
@@ -129,12 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     validate_config(config)
     dataset = prepare_dataset(config.data)
     setup = build_setup(config, dataset)
-    num_devices = devices.num_local_devices()
-    global_batch = config.train.batch_size
-    if global_batch % num_devices:
-        raise ValueError(
-            f"train.batch_size={global_batch} must be divisible by the {num_devices} local devices"
-        )
+    shards = jax.device_count()
+    if config.train.batch_size % shards:
+        raise ValueError(f"train.batch_size={config.train.batch_size} must be divisible by the {shards} devices")
     validation = validation_split_name(config, dataset)
     best_metric = f"{validation}/{config.eval.best_metric}@{config.eval.k}"
 
@@ -160,19 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         _truncate_metrics(workdir / METRICS_FILE, start_step)
         (workdir / "config.json").write_text(config_to_json(config))
 
-    sampler = TripleSampler(
-        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items, seed=config.seed
-    )
-    batches_per_epoch = num_batches(sampler.num_interactions, global_batch)
+    source = make_batch_source(config, setup)
+    batches_per_epoch = source.batches_per_epoch
     train_step = jax.pmap(
         steps.make_train_step(setup.model, optimizer, config.train, num_users=dataset.num_users),
         axis_name=steps.AXIS,
         donate_argnums=(0,),
     )
-    constants = {"graph": setup.graph}
-    if setup.text_features is not None:
-        constants["text_features"] = setup.text_features
-    constants = devices.replicate(constants)
+    constants = devices.replicate(source.constants(setup.graph, setup.text_features))
     device_state = devices.replicate(state)
     device_rng = devices.replicate(rng)
 
@@ -182,19 +190,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     step = start_step
     epoch_losses: list[float] = []
     start_epoch = start_step // batches_per_epoch
+    progress = tqdm(
+        total=num_epochs * batches_per_epoch,
+        initial=min(start_step, num_epochs * batches_per_epoch),
+        disable=not (primary and config.train.progress_bar),
+        unit="batch",
+        dynamic_ncols=True,
+    )
     for epoch in range(start_epoch, num_epochs):
         first_batch = step - epoch * batches_per_epoch
-        triples = sampler.sample_epoch(epoch, config.train.num_negatives)
-        progress = tqdm(
-            total=batches_per_epoch,
-            initial=first_batch,
-            desc=f"epoch {epoch + 1}/{num_epochs}",
-            disable=not (primary and config.train.progress_bar),
-            leave=False,
-            unit="batch",
-        )
+        progress.set_description(f"epoch {epoch + 1}/{num_epochs}")
         epoch_started = time.perf_counter()
-        for batch in iterate_batches(triples, global_batch, num_devices, start_batch=first_batch):
+        for batch in source.epoch(epoch, first_batch):
             batch = devices.shard(batch)
             device_state, metrics = train_step(device_state, {**batch, **constants}, device_rng)
             step += 1
@@ -202,13 +209,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if len(pending) >= config.train.log_every_steps:
                 epoch_losses += _check_finite(pending)
                 pending = []
-                progress.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+                progress.set_postfix(loss=f"{epoch_losses[-1]:.4f}", refresh=False)
             progress.update(1)
             if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
                 epoch_losses += _check_finite(pending)
                 pending = []
                 _save(store, step, epoch, device_state, device_rng, arrays, metadata)
-        progress.close()
         epoch_losses += _check_finite(pending)
         pending = []
         epoch_seconds = time.perf_counter() - epoch_started
@@ -228,9 +234,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if primary:
                 with open(workdir / METRICS_FILE, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                log.info("epoch %d step %d: %s", finished, step, _summary(record, config.eval.k))
+                progress.write(f"epoch {finished} step {step}: {_summary(record, config.eval.k)}")
             _save(store, step, finished, device_state, device_rng, arrays, metadata, metrics)
         epoch_losses = []
+    progress.close()
     if step == start_step and start_step > 0:
         last_metrics = _last_logged(workdir / METRICS_FILE)
     store.close()
