@@ -56,9 +56,7 @@ class Recommender:
         self._refresh_representations()
 
     @classmethod
-    def from_checkpoint(
-        cls, workdir: str | Path, *, step: int | None = None, which: str = "best"
-    ) -> Recommender:
+    def from_checkpoint(cls, workdir: str | Path, *, step: int | None = None, which: str = "best") -> Recommender:
         """Restores a trained model from a training workdir.
 
         Args:
@@ -90,9 +88,7 @@ class Recommender:
             name=metadata.get("dataset", {}).get("name", "dataset"),
         )
         text_features = arrays.get("text_features")
-        setup = build_setup(
-            config, dataset, text_features=None if text_features is None else np.asarray(text_features)
-        )
+        setup = build_setup(config, dataset, text_features=None if text_features is None else np.asarray(text_features))
         params = jax.tree.map(jnp.asarray, state["train_state"]["params"])
         return cls(config, setup, params, step=restored_step, item_titles=metadata.get("item_titles"))
 
@@ -197,6 +193,62 @@ class Recommender:
                 rows.append((item_id, rank + 1, self.item_map.raw_ids[other], float(scores[position, rank])))
         return pd.DataFrame(rows, columns=["item_id", "rank", "similar_item_id", "score"])
 
+    def add_items(self, item_ids: Sequence[Any], texts: Sequence[dict | str]) -> None:
+        """Adds items nobody has interacted with yet, from their text alone; no retraining.
+
+        Args:
+          item_ids: new raw item ids (not already known).
+          texts: per item, a dict of text fields (title, description, ...) as in the training
+            data, or one string (taken as the title).
+
+        The model's text encoder (`config.model.text.encoder`) encodes them; their
+        representations come from text as a cold item's do. Only text fusions can do this.
+        """
+        from graphrec_jax.model import TEXT_FUSIONS
+        from graphrec_jax.text_features import encode_records
+
+        if self.config.model.fusion not in TEXT_FUSIONS:
+            raise ValueError(
+                f"this model (model.fusion={self.config.model.fusion!r}) represents items by their "
+                "interactions only; train with a text fusion (text_only, concat, text_node_input) to add "
+                "items from text"
+            )
+        item_ids, texts = list(item_ids), list(texts)
+        if len(item_ids) != len(texts):
+            raise ValueError(f"{len(item_ids)} item ids but {len(texts)} texts")
+        known = [item for item in item_ids if item in self.item_map]
+        if known or len(set(item_ids)) != len(item_ids):
+            raise ValueError(f"item ids must be new and distinct; already known or repeated: {known[:5] or item_ids}")
+        records = [{"title": text} if isinstance(text, str) else text for text in texts]
+        fields = self.config.data.text.item_fields
+        if all(isinstance(text, str) for text in texts):
+            fields = "title"
+        features = encode_records(self.config, records, fields, encoder=self._text_encoder())
+        dataset = self.setup.dataset
+        item_map = IdMap(self.item_map.kind, np.concatenate([self.item_map.raw_ids, np.asarray(item_ids, object)]))
+        grown = Dataset(
+            user_map=self.user_map, item_map=item_map, train=dataset.train, evaluation={}, name=dataset.name
+        )
+        text_features = np.concatenate([np.asarray(self.setup.text_features), features])
+        self.setup = build_setup(self.config, grown, text_features=text_features)
+        self.params = dict(self.params)
+        if "node_embedding" in self.params:  # new nodes have no edges: their id part is zeroed anyway
+            embedding = self.params["node_embedding"]
+            self.params["node_embedding"] = jnp.concatenate(
+                [embedding, jnp.zeros((len(item_ids), embedding.shape[1]), embedding.dtype)]
+            )
+        self.item_map = item_map
+        if self.item_titles is not None:
+            self.item_titles = list(self.item_titles) + [str(record.get("title", "")) for record in records]
+        self._refresh_representations()
+
+    def _text_encoder(self):
+        if getattr(self, "_encoder", None) is None:
+            from graphrec_jax.text_features import load_text_encoder
+
+            self._encoder = load_text_encoder(self.config)
+        return self._encoder
+
     def title(self, item_id: Any) -> str:
         """The item's title when the data had one, else its id as text."""
         if self.item_titles:
@@ -207,8 +259,6 @@ class Recommender:
 
 
 def _as_list(values) -> list:
-    if isinstance(values, (str, bytes, int, np.integer)) or not isinstance(
-        values, Sequence | np.ndarray | pd.Index
-    ):
+    if isinstance(values, (str, bytes, int, np.integer)) or not isinstance(values, Sequence | np.ndarray | pd.Index):
         return [values]
     return list(values)

@@ -21,9 +21,21 @@ class TripleSampler:
       num_users, num_items: index ranges.
       users, items: `[n]` training interactions (deduplicated).
       seed: base seed; epoch `e` uses the generator seeded with `(seed, e)`.
+      negative_items: `[m]` item indices negatives are drawn from; None for every item
+        (LightGCN's protocol). Training with items nobody has interacted with (cold items)
+        passes the trained items here: a cold item drawn only ever as a negative would teach
+        the model to bury every new item.
     """
 
-    def __init__(self, num_users: int, num_items: int, users: np.ndarray, items: np.ndarray, seed: int):
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        users: np.ndarray,
+        items: np.ndarray,
+        seed: int,
+        negative_items: np.ndarray | None = None,
+    ):
         if len(users) == 0:
             raise ValueError("no training interactions to sample from")
         self.num_users = num_users
@@ -38,8 +50,10 @@ class TripleSampler:
         # (user, item) pairs as sorted int64 keys: a membership test is one searchsorted.
         self.keys = sorted_users * num_items + self.items
         self.num_interactions = len(self.items)
-        if np.any(self.degree >= num_items):
-            crowded = int(np.flatnonzero(self.degree >= num_items)[0])
+        self.negative_items = None if negative_items is None else np.unique(np.asarray(negative_items, np.int64))
+        pool = num_items if self.negative_items is None else len(self.negative_items)
+        if np.any(self.degree >= pool):
+            crowded = int(np.flatnonzero(self.degree >= pool)[0])
             raise ValueError(f"user index {crowded} interacted with every item: no negative can be drawn")
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -48,18 +62,22 @@ class TripleSampler:
         position = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         return self.keys[position] == keys
 
+    def _draw_items(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        if self.negative_items is None:
+            return rng.integers(0, self.num_items, count)
+        return self.negative_items[rng.integers(0, len(self.negative_items), count)]
+
     def sample_epoch(self, epoch: int, num_negatives: int = 1) -> dict[str, np.ndarray]:
         """One epoch of triples: users `[n]`, positives `[n]`, negatives `[n, num_negatives]` (int32)."""
         rng = np.random.default_rng([self.seed, epoch])
         count = self.num_interactions
         users = self.active_users[rng.integers(0, len(self.active_users), count)]
         positives = self.items[self.offsets[users] + rng.integers(0, self.degree[users])]
-        negatives = rng.integers(0, self.num_items, (count, num_negatives))
         flat_users = np.repeat(users, num_negatives)
-        flat_negatives = negatives.reshape(-1)
+        flat_negatives = self._draw_items(rng, count * num_negatives)
         redraw = np.flatnonzero(self.is_positive(flat_users, flat_negatives))
         while len(redraw):
-            flat_negatives[redraw] = rng.integers(0, self.num_items, len(redraw))
+            flat_negatives[redraw] = self._draw_items(rng, len(redraw))
             redraw = redraw[self.is_positive(flat_users[redraw], flat_negatives[redraw])]
         return {
             "users": users.astype(np.int32),

@@ -11,9 +11,7 @@ def test_epoch_draws_one_valid_triple_per_interaction(tiny_interactions):
     assert triples["users"].shape == (len(users),)
     assert triples["negatives"].shape == (len(users), 2)
     train = set(zip(users.tolist(), items.tolist(), strict=True))
-    for user, positive, negatives in zip(
-        triples["users"], triples["positives"], triples["negatives"], strict=True
-    ):
+    for user, positive, negatives in zip(triples["users"], triples["positives"], triples["negatives"], strict=True):
         assert (user, positive) in train
         assert all((user, negative) not in train for negative in negatives)
 
@@ -57,3 +55,11 @@ def test_batches_have_static_shape_and_mask_padding():
 def test_user_with_every_item_is_rejected():
     with pytest.raises(ValueError, match="every item"):
         TripleSampler(1, 2, np.array([0, 0]), np.array([0, 1]), seed=0)
+
+
+def test_negatives_come_from_the_given_pool(tiny_interactions):
+    num_users, num_items, users, items = tiny_interactions
+    pool = np.array([0, 1, 2, 3, 4, 5, 6, 7])  # item 8 is never a negative
+    sampler = TripleSampler(num_users, num_items, users, items, seed=0, negative_items=pool)
+    negatives = np.concatenate([sampler.sample_epoch(epoch, 3)["negatives"].ravel() for epoch in range(20)])
+    assert set(negatives.tolist()) <= set(pool.tolist())

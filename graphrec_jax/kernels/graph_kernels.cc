@@ -1,0 +1,570 @@
+// CPU kernels for graph propagation and top-K scoring, exposed as XLA typed-FFI handlers.
+//
+// Compiled on first use by graphrec_jax/kernels/native.py with
+//   g++ -O3 -march=native -fopenmp -shared -fPIC -std=c++17 -ffp-contract=fast
+// and called through jax.ffi.ffi_call from graphrec_jax/kernels/ops.py, which validates
+// shapes and dtypes before the call. Index values (offsets, neighbours, rows) can only be
+// seen here, so every kernel checks them and returns an InvalidArgument error instead of
+// reading out of bounds.
+//
+// Handlers (all CPU, all float32 data with int32 indices):
+//   GraphrecCsrMatmul      y[r]  = sum_j weights[j] * x[neighbors[j]], j in row r
+//   GraphrecCsrMatmulRows  y[i]  = the same for row rows[i] only
+//   GraphrecCsrScatterRows xbar  = transpose of CsrMatmulRows (the gradient w.r.t. x)
+//   GraphrecTopKScores     exact top-k of queries @ items.T + bias, minus excluded pairs
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// 0 means "OpenMP's default" (OMP_NUM_THREADS or the core count).
+std::atomic<int> g_num_threads{0};
+
+int NumThreads() {
+  const int n = g_num_threads.load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
+}
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Offsets must start at >= 0, never decrease, and end inside the index array. Entries
+// before offsets[0] or after offsets[n_rows] belong to no row (callers pad with them).
+ffi::Error CheckOffsets(const int32_t* offsets, int64_t n_rows, int64_t nnz, const char* op,
+                        const char* name) {
+  auto fail = [&](const std::string& what) {
+    return ffi::Error::InvalidArgument(std::string(op) + ": " + name + " " + what);
+  };
+  if (offsets[0] < 0) return fail("starts below 0; CSR offsets must start at 0");
+  for (int64_t r = 0; r < n_rows; ++r) {
+    if (offsets[r + 1] < offsets[r]) {
+      return fail("decreases at position " + std::to_string(r + 1) +
+                  "; CSR offsets must be non-decreasing");
+    }
+  }
+  if (offsets[n_rows] > nnz) {
+    return fail("ends at " + std::to_string(offsets[n_rows]) + " but the index array holds only " +
+                std::to_string(nnz) + " entries");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckRows(const int32_t* rows, int64_t count, int64_t n_rows, const char* op) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (rows[i] < 0 || rows[i] >= n_rows) {
+      return ffi::Error::InvalidArgument(std::string(op) + ": rows[" + std::to_string(i) + "] = " +
+                                         std::to_string(rows[i]) + " is outside [0, " +
+                                         std::to_string(n_rows) + ")");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error NeighborError(const char* op, int64_t n_cols) {
+  return ffi::Error::InvalidArgument(std::string(op) + ": neighbors holds a column index outside [0, " +
+                                     std::to_string(n_cols) + "); check the graph's CSR arrays");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse (CSR) x dense. Each output row is accumulated in a local array that the compiler keeps
+// in vector registers (d is a compile-time constant for the common widths), so y is written
+// once and never read. The gather x[neighbors[j]] is the cost: rows of x are scattered over
+// memory, so we prefetch the row needed a few edges ahead, all of its cache lines, to overlap
+// the memory latency with the FMAs of the current edge. When all rows are computed in order,
+// the look-ahead runs on into the next row's edges, so rows do not start cold.
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kPrefetchDistance = 4;
+
+template <int D>  // D > 0: compile-time width; D == 0: runtime width `d`.
+bool SpmmRows(const int32_t* offsets, const int32_t* neighbors, const float* weights, const float* x,
+              int64_t n_cols, int64_t d_runtime, const int32_t* rows, int64_t n_out, float* y) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(float));
+  const int32_t all_rows_end = rows == nullptr ? offsets[n_out] : 0;
+  bool bad_neighbor = false;
+  // Dynamic scheduling: degrees follow a power law, so equal row counts are unequal work.
+#pragma omp parallel for schedule(dynamic, 64) num_threads(NumThreads()) reduction(|| : bad_neighbor)
+  for (int64_t i = 0; i < n_out; ++i) {
+    const int64_t r = rows != nullptr ? rows[i] : i;
+    const int32_t begin = offsets[r], end = offsets[r + 1];
+    const int32_t prefetch_end = rows != nullptr ? end : all_rows_end;
+    float* out = y + i * d;
+    float local[D > 0 ? D : 1];
+    float* acc = D > 0 ? local : out;  // runtime width: accumulate in place (the row is in L1)
+    for (int64_t c = 0; c < d; ++c) acc[c] = 0.0f;
+    for (int32_t j = begin; j < end; ++j) {
+      if (j + kPrefetchDistance < prefetch_end) {
+        // A prefetch never faults, so an invalid index here is harmless; it is caught below.
+        const char* ahead = reinterpret_cast<const char*>(
+            x + static_cast<int64_t>(neighbors[j + kPrefetchDistance]) * d);
+        for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(ahead + byte);
+      }
+      const int32_t col = neighbors[j];
+      if (col < 0 || col >= n_cols) {
+        bad_neighbor = true;
+        continue;
+      }
+      const float w = weights[j];
+      const float* x_row = x + static_cast<int64_t>(col) * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) acc[c] += w * x_row[c];
+    }
+    if (D > 0) std::memcpy(out, acc, row_bytes);
+  }
+  return !bad_neighbor;
+}
+
+bool Spmm(const int32_t* offsets, const int32_t* neighbors, const float* weights, const float* x,
+          int64_t n_cols, int64_t d, const int32_t* rows, int64_t n_out, float* y) {
+  switch (d) {
+    case 32:
+      return SpmmRows<32>(offsets, neighbors, weights, x, n_cols, d, rows, n_out, y);
+    case 64:
+      return SpmmRows<64>(offsets, neighbors, weights, x, n_cols, d, rows, n_out, y);
+    case 128:
+      return SpmmRows<128>(offsets, neighbors, weights, x, n_cols, d, rows, n_out, y);
+    default:
+      return SpmmRows<0>(offsets, neighbors, weights, x, n_cols, d, rows, n_out, y);
+  }
+}
+
+ffi::Error CsrMatmulImpl(ffi::BufferR1<ffi::S32> offsets, ffi::BufferR1<ffi::S32> neighbors,
+                         ffi::BufferR1<ffi::F32> weights, ffi::BufferR2<ffi::F32> x,
+                         ffi::ResultBufferR2<ffi::F32> y) {
+  const int64_t n_rows = offsets.element_count() - 1;
+  const int64_t n_cols = x.dimensions()[0], d = x.dimensions()[1];
+  if (auto error = CheckOffsets(offsets.typed_data(), n_rows, neighbors.element_count(), "csr_matmul",
+                                "offsets");
+      error.failure()) {
+    return error;
+  }
+  if (!Spmm(offsets.typed_data(), neighbors.typed_data(), weights.typed_data(), x.typed_data(), n_cols,
+            d, nullptr, n_rows, y->typed_data())) {
+    return NeighborError("csr_matmul", n_cols);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error CsrMatmulRowsImpl(ffi::BufferR1<ffi::S32> offsets, ffi::BufferR1<ffi::S32> neighbors,
+                             ffi::BufferR1<ffi::F32> weights, ffi::BufferR2<ffi::F32> x,
+                             ffi::BufferR1<ffi::S32> rows, ffi::ResultBufferR2<ffi::F32> y) {
+  const int64_t n_rows = offsets.element_count() - 1;
+  const int64_t n_cols = x.dimensions()[0], d = x.dimensions()[1];
+  const int64_t n_out = rows.element_count();
+  if (auto error = CheckOffsets(offsets.typed_data(), n_rows, neighbors.element_count(),
+                                "csr_matmul_rows", "offsets");
+      error.failure()) {
+    return error;
+  }
+  if (auto error = CheckRows(rows.typed_data(), n_out, n_rows, "csr_matmul_rows"); error.failure()) {
+    return error;
+  }
+  if (!Spmm(offsets.typed_data(), neighbors.typed_data(), weights.typed_data(), x.typed_data(), n_cols,
+            d, rows.typed_data(), n_out, y->typed_data())) {
+    return NeighborError("csr_matmul_rows", n_cols);
+  }
+  return ffi::Error::Success();
+}
+
+// xbar[neighbors[j]] += weights[j] * ybar[i] for every edge j of row rows[i]. Threads split
+// the *destination* rows of xbar into contiguous ranges and each thread walks all the edges,
+// applying only those that land in its range: no two threads write the same row, so no
+// atomics, and every destination sums its terms in edge order, so the result is identical for
+// any thread count. Walking the edge list once per thread is cheap next to the d-wide
+// read-modify-writes, whose destination rows are prefetched a few edges ahead.
+template <int D>
+bool ScatterRows(const int32_t* offsets, const int32_t* neighbors, const float* weights, const int32_t* rows,
+                 int64_t n_out, const float* ybar, int64_t n_cols, int64_t d_runtime, float* xbar) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(float));
+  bool bad_neighbor = false;
+#pragma omp parallel num_threads(NumThreads()) reduction(|| : bad_neighbor)
+  {
+    const int64_t num_threads = omp_get_num_threads(), thread = omp_get_thread_num();
+    const int64_t first = n_cols * thread / num_threads, last = n_cols * (thread + 1) / num_threads;
+    std::memset(xbar + first * d, 0, (last - first) * row_bytes);
+    for (int64_t i = 0; i < n_out; ++i) {
+      const float* g = ybar + i * d;
+      const int32_t begin = offsets[rows[i]], end = offsets[rows[i] + 1];
+      for (int32_t j = begin; j < end; ++j) {
+        if (j + kPrefetchDistance < end) {
+          const int32_t ahead = neighbors[j + kPrefetchDistance];
+          if (ahead >= first && ahead < last) {
+            const char* row = reinterpret_cast<const char*>(xbar + static_cast<int64_t>(ahead) * d);
+            for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(row + byte, 1);
+          }
+        }
+        const int32_t col = neighbors[j];
+        if (col < first || col >= last) {
+          if (col < 0 || col >= n_cols) bad_neighbor = true;
+          continue;
+        }
+        const float w = weights[j];
+        float* out = xbar + static_cast<int64_t>(col) * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) out[c] += w * g[c];
+      }
+    }
+  }
+  return !bad_neighbor;
+}
+
+ffi::Error CsrScatterRowsImpl(ffi::BufferR1<ffi::S32> offsets, ffi::BufferR1<ffi::S32> neighbors,
+                              ffi::BufferR1<ffi::F32> weights, ffi::BufferR1<ffi::S32> rows,
+                              ffi::BufferR2<ffi::F32> ybar, ffi::ResultBufferR2<ffi::F32> xbar) {
+  const int64_t n_rows = offsets.element_count() - 1;
+  const int64_t n_out = rows.element_count(), d = ybar.dimensions()[1];
+  const int64_t n_cols = xbar->dimensions()[0];
+  if (auto error = CheckOffsets(offsets.typed_data(), n_rows, neighbors.element_count(), "csr_matmul_rows",
+                                "offsets");
+      error.failure()) {
+    return error;
+  }
+  if (auto error = CheckRows(rows.typed_data(), n_out, n_rows, "csr_matmul_rows"); error.failure()) {
+    return error;
+  }
+  const auto scatter = d == 64 ? ScatterRows<64> : ScatterRows<0>;
+  if (!scatter(offsets.typed_data(), neighbors.typed_data(), weights.typed_data(), rows.typed_data(), n_out,
+               ybar.typed_data(), n_cols, d, xbar->typed_data())) {
+    return NeighborError("csr_matmul_rows", n_cols);
+  }
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k scoring: scores = queries @ items.T + bias, excluded pairs removed, exact top-k per
+// query. Scoring is fused with selection so the [b, n] score matrix never exists:
+//
+//  * Register blocking. A micro-tile is kQueryVectors * kLanes queries (one SIMD lane per
+//    query) by kItemsPerStep items, kept in kQueryVectors * kItemsPerStep vector accumulators.
+//    Per feature it loads kQueryVectors vectors of the packed query panel ([d][queries]) and
+//    broadcasts one float of each item row, so items are read straight from their row-major
+//    [n, d] layout with no repacking. With AVX-512 this is 32 queries x 12 items = 24 zmm
+//    accumulators and two FMAs per broadcast: FMA-bound, not load-bound.
+//  * Cache blocking. Items are swept in tiles that stay in L2 while every micro-tile of the
+//    thread's query block passes over them, so each item row comes from memory once per
+//    query block instead of once per query.
+//  * Threshold. Each query keeps the score to beat (its k-th best so far) in a lane of a
+//    vector, so one compare per accumulator finds the few items that could enter a top-k
+//    (about k * (1 + ln(n / k)) per query for random data); only those reach the scalar path
+//    (exclusion check, insertion). Each query sees items in increasing index order, so a
+//    candidate that merely ties the k-th best has a higher index and rightly loses: the
+//    strict ">" implements "ties: lower item index first".
+// ---------------------------------------------------------------------------------------------
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+constexpr int kItemsPerStep = 12;
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+constexpr int kItemsPerStep = 6;  // 16 ymm registers: 12 accumulators + 2 queries + 1 broadcast
+#else
+constexpr int kLanes = 4;
+constexpr int kItemsPerStep = 4;
+#endif
+constexpr int kQueryVectors = 2;
+constexpr int kMicroQueries = kQueryVectors * kLanes;
+constexpr int kMaxBlockQueries = 256;
+constexpr int64_t kItemTileBytes = 256 * 1024;  // a quarter of a Skylake-SP L2
+
+// may_alias: panels and thresholds are written as floats and read as vectors.
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), __may_alias__));
+
+// Bit q set when lane q of a is greater than lane q of b (false for NaN).
+inline uint32_t LanesGreater(Vec a, Vec b) {
+#if defined(__AVX512F__)
+  return _mm512_cmp_ps_mask(reinterpret_cast<__m512>(a), reinterpret_cast<__m512>(b), _CMP_GT_OQ);
+#elif defined(__AVX__)
+  return _mm256_movemask_ps(_mm256_cmp_ps(reinterpret_cast<__m256>(a), reinterpret_cast<__m256>(b),
+                                          _CMP_GT_OQ));
+#else
+  uint32_t mask = 0;
+  for (int lane = 0; lane < kLanes; ++lane) mask |= static_cast<uint32_t>(a[lane] > b[lane]) << lane;
+  return mask;
+#endif
+}
+
+// One query's best items so far, sorted by descending score, written straight into its rows
+// of the outputs. A sorted array rather than a heap: a new candidate usually lands near the
+// end, so the backward scan is short and nearly branch-free, and no final sort is needed.
+struct QueryState {
+  float* scores;   // [k]
+  int32_t* items;  // [k]
+  int64_t size;
+  const int32_t* excluded_begin;  // the query's excluded items, see IsExcluded
+  const int32_t* excluded_end;
+};
+
+typedef int32_t IntVec __attribute__((vector_size(kLanes * sizeof(int32_t)), __may_alias__));
+constexpr int64_t kMaxScannedExclusions = 8 * kLanes;
+
+// Bit l set when lane l of a equals b.
+inline uint32_t LanesEqual(IntVec a, int32_t b) {
+#if defined(__AVX512F__)
+  return _mm512_cmpeq_epi32_mask(reinterpret_cast<__m512i>(a), _mm512_set1_epi32(b));
+#elif defined(__AVX2__)
+  const __m256i equal = _mm256_cmpeq_epi32(reinterpret_cast<__m256i>(a), _mm256_set1_epi32(b));
+  return _mm256_movemask_ps(_mm256_castsi256_ps(equal));
+#else
+  uint32_t mask = 0;
+  for (int lane = 0; lane < kLanes; ++lane) mask |= static_cast<uint32_t>(a[lane] == b) << lane;
+  return mask;
+#endif
+}
+
+// A query's excluded items are usually a few dozen (its training items): a branch-free vector
+// scan beats a binary search and its mispredicted branches. The lists are sorted and padded
+// with -1 (never an item) to whole vectors; long ones are binary-searched.
+inline bool IsExcluded(const int32_t* begin, const int32_t* end, int32_t item) {
+  if (end - begin > kMaxScannedExclusions) return std::binary_search(begin, end, item);
+  uint32_t found = 0;
+  for (const int32_t* excluded = begin; excluded < end; excluded += kLanes) {
+    found |= LanesEqual(*reinterpret_cast<const IntVec*>(excluded), item);
+  }
+  return found != 0;
+}
+
+struct BlockState {
+  std::vector<QueryState> queries;
+  // Per query lane, the score to beat: -inf until k items are held, +inf for the padding
+  // lanes of the last micro-tile (so they never produce candidates). Stored as vectors,
+  // read a vector at a time.
+  std::vector<Vec> threshold_vectors;
+  float* threshold;
+  int64_t k;
+
+  // Requires that this query's candidates arrive in increasing item order.
+  void Offer(int64_t q, float score, int32_t item) {
+    QueryState& state = queries[q];
+    if (state.size == k && !(score > state.scores[k - 1])) return;  // a stale threshold lane
+    if (IsExcluded(state.excluded_begin, state.excluded_end, item)) return;
+    int64_t slot = state.size < k ? state.size++ : k - 1;  // when full, drop the worst
+    // Stop at an equal score: the earlier (lower-index) item stays ahead.
+    for (; slot > 0 && state.scores[slot - 1] < score; --slot) {
+      state.scores[slot] = state.scores[slot - 1];
+      state.items[slot] = state.items[slot - 1];
+    }
+    state.scores[slot] = score;
+    state.items[slot] = item;
+    if (state.size == k) threshold[q] = state.scores[k - 1];
+  }
+};
+
+// The slow path of a micro-tile, taken when some score beats its query's threshold: offers
+// those (query, item) pairs, item by item. Out of line, so that the fast path stays small and
+// keeps its accumulators in registers. The thresholds are read once: Offer raises them lane by
+// lane, and reloading a vector just written as floats would stall on store forwarding; a
+// stale (lower) threshold only lets through a pair that Offer then rejects.
+template <int NumItems>
+__attribute__((noinline)) void OfferCandidates(const Vec (&scores)[kQueryVectors][NumItems], int64_t item,
+                                               int64_t first_query, BlockState& block) {
+  Vec threshold[kQueryVectors];
+  std::memcpy(threshold, block.threshold + first_query, sizeof(threshold));
+  for (int i = 0; i < NumItems; ++i) {
+    for (int v = 0; v < kQueryVectors; ++v) {
+      for (uint32_t mask = LanesGreater(scores[v][i], threshold[v]); mask != 0; mask &= mask - 1) {
+        const int lane = __builtin_ctz(mask);
+        block.Offer(first_query + v * kLanes + lane, scores[v][i][lane], static_cast<int32_t>(item + i));
+      }
+    }
+  }
+}
+
+// One micro-tile: queries [first_query, first_query + kMicroQueries) of the block (their
+// panel is `panel`, [d][kMicroQueries]) against NumItems consecutive items from `item`.
+template <int D, int NumItems>
+inline void MicroTile(const Vec* panel, const float* items, const float* bias, int64_t d_runtime,
+                      int64_t item, int64_t first_query, BlockState& block) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  const float* rows = items + item * d;
+  Vec acc[kQueryVectors][NumItems];
+#pragma GCC unroll 16
+  for (int v = 0; v < kQueryVectors; ++v) {
+#pragma GCC unroll 16
+    for (int i = 0; i < NumItems; ++i) acc[v][i] = Vec{};
+  }
+  for (int64_t k = 0; k < d; ++k) {
+    const Vec* q = panel + k * kQueryVectors;
+#pragma GCC unroll 16
+    for (int i = 0; i < NumItems; ++i) {
+      const float x = rows[i * d + k];
+#pragma GCC unroll 16
+      for (int v = 0; v < kQueryVectors; ++v) acc[v][i] += q[v] * x;
+    }
+  }
+  // Fast path: one compare per accumulator against the thresholds, OR-ed together.
+  const Vec* threshold = reinterpret_cast<const Vec*>(block.threshold + first_query);
+  uint32_t any = 0;
+#pragma GCC unroll 16
+  for (int i = 0; i < NumItems; ++i) {
+    const float b = bias[item + i];
+#pragma GCC unroll 16
+    for (int v = 0; v < kQueryVectors; ++v) {
+      acc[v][i] += b;
+      any |= LanesGreater(acc[v][i], threshold[v]);
+    }
+  }
+  if (any != 0) OfferCandidates<NumItems>(acc, item, first_query, block);
+}
+
+// Top-k for queries [first, first + count): one thread's share of the work.
+template <int D>
+void TopKBlock(const float* queries, const float* items, const float* bias, const int32_t* exclude_offsets,
+               const int32_t* exclude_items, int64_t first, int64_t count, int64_t n, int64_t d_runtime,
+               int64_t k, float* out_scores, int32_t* out_indices) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  const int64_t padded = (count + kMicroQueries - 1) / kMicroQueries * kMicroQueries;
+
+  // Query panels, [micro-tile][d][kMicroQueries], zero in the padding lanes.
+  std::vector<Vec> panel(static_cast<size_t>(padded / kMicroQueries * d * kQueryVectors));
+  float* panel_floats = reinterpret_cast<float*>(panel.data());
+  for (int64_t q = 0; q < count; ++q) {
+    float* lane = panel_floats + (q / kMicroQueries) * d * kMicroQueries + q % kMicroQueries;
+    for (int64_t c = 0; c < d; ++c) lane[c * kMicroQueries] = queries[(first + q) * d + c];
+  }
+
+  BlockState block;
+  block.k = k;
+  block.threshold_vectors.resize(padded / kLanes);
+  block.threshold = reinterpret_cast<float*>(block.threshold_vectors.data());
+  std::fill(block.threshold, block.threshold + padded, kInf);
+  std::fill(block.threshold, block.threshold + count, -kInf);
+  // Each query's excluded items, sorted, padded with -1 to whole vectors (see IsExcluded).
+  std::vector<int64_t> excluded_start(count + 1, 0);
+  for (int64_t q = 0; q < count; ++q) {
+    const int64_t length = exclude_offsets[first + q + 1] - exclude_offsets[first + q];
+    excluded_start[q + 1] = excluded_start[q] + (length + kLanes - 1) / kLanes * kLanes;
+  }
+  std::vector<IntVec> excluded_storage(excluded_start[count] / kLanes);
+  int32_t* excluded = reinterpret_cast<int32_t*>(excluded_storage.data());
+  std::fill(excluded, excluded + excluded_start[count], -1);
+  block.queries.resize(count);
+  for (int64_t q = 0; q < count; ++q) {
+    const int32_t* source = exclude_items + exclude_offsets[first + q];
+    int32_t* begin = excluded + excluded_start[q];
+    int32_t* end = std::copy(source, exclude_items + exclude_offsets[first + q + 1], begin);
+    std::sort(begin, end);
+    // Binary search needs the exact range; the vector scan reads the padding too.
+    if (end - begin <= kMaxScannedExclusions) end = excluded + excluded_start[q + 1];
+    block.queries[q] = QueryState{out_scores + (first + q) * k, out_indices + (first + q) * k, 0, begin, end};
+  }
+
+  const int64_t tile_items =
+      std::max<int64_t>(kItemsPerStep, kItemTileBytes / std::max<int64_t>(1, d * 4)) / kItemsPerStep *
+      kItemsPerStep;
+  for (int64_t tile = 0; tile < n; tile += tile_items) {
+    const int64_t tile_end = std::min(n, tile + tile_items);
+    for (int64_t micro = 0; micro < padded; micro += kMicroQueries) {
+      const Vec* micro_panel = panel.data() + (micro / kMicroQueries) * d * kQueryVectors;
+      int64_t item = tile;
+      for (; item + kItemsPerStep <= tile_end; item += kItemsPerStep) {
+        MicroTile<D, kItemsPerStep>(micro_panel, items, bias, d, item, micro, block);
+      }
+      for (; item < tile_end; ++item) MicroTile<D, 1>(micro_panel, items, bias, d, item, micro, block);
+    }
+  }
+
+  // Rows with fewer than k finite scores: the remaining slots say "no item".
+  for (const QueryState& state : block.queries) {
+    std::fill(state.scores + state.size, state.scores + k, -kInf);
+    std::fill(state.items + state.size, state.items + k, -1);
+  }
+}
+
+ffi::Error TopKScoresImpl(ffi::BufferR2<ffi::F32> queries, ffi::BufferR2<ffi::F32> items,
+                          ffi::BufferR1<ffi::F32> item_bias, ffi::BufferR1<ffi::S32> exclude_offsets,
+                          ffi::BufferR1<ffi::S32> exclude_items, int64_t k,
+                          ffi::ResultBufferR2<ffi::F32> scores, ffi::ResultBufferR2<ffi::S32> indices) {
+  const int64_t b = queries.dimensions()[0], d = queries.dimensions()[1];
+  const int64_t n = items.dimensions()[0];
+  if (k < 1) return ffi::Error::InvalidArgument("top_k_scores: k must be at least 1");
+  if (auto error = CheckOffsets(exclude_offsets.typed_data(), b, exclude_items.element_count(),
+                                "top_k_scores", "exclude_offsets");
+      error.failure()) {
+    return error;
+  }
+  // Blocks small enough that every thread gets work, large enough to reuse each item tile.
+  const int64_t num_threads = NumThreads();
+  const int64_t per_thread = (b + num_threads - 1) / num_threads;
+  const int64_t block_queries = std::clamp<int64_t>(
+      (per_thread + kMicroQueries - 1) / kMicroQueries * kMicroQueries, kMicroQueries, kMaxBlockQueries);
+  const int64_t num_blocks = (b + block_queries - 1) / block_queries;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+  for (int64_t block = 0; block < num_blocks; ++block) {
+    const int64_t first = block * block_queries, count = std::min(block_queries, b - first);
+    auto run = [&](auto width) {
+      TopKBlock<decltype(width)::value>(queries.typed_data(), items.typed_data(), item_bias.typed_data(),
+                                        exclude_offsets.typed_data(), exclude_items.typed_data(), first,
+                                        count, n, d, k, scores->typed_data(), indices->typed_data());
+    };
+    if (d == 64) {
+      run(std::integral_constant<int, 64>{});
+    } else {
+      run(std::integral_constant<int, 0>{});
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+extern "C" void graphrec_set_num_threads(int num_threads) {
+  g_num_threads.store(num_threads, std::memory_order_relaxed);
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GraphrecCsrMatmul, CsrMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // offsets [n_rows + 1]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // neighbors [nnz]
+                                  .Arg<ffi::BufferR1<ffi::F32>>()  // weights [nnz]
+                                  .Arg<ffi::BufferR2<ffi::F32>>()  // x [n_cols, d]
+                                  .Ret<ffi::BufferR2<ffi::F32>>()  // y [n_rows, d]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GraphrecCsrMatmulRows, CsrMatmulRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // offsets [n_rows + 1]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // neighbors [nnz]
+                                  .Arg<ffi::BufferR1<ffi::F32>>()  // weights [nnz]
+                                  .Arg<ffi::BufferR2<ffi::F32>>()  // x [n_cols, d]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // rows [r]
+                                  .Ret<ffi::BufferR2<ffi::F32>>()  // y [r, d]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GraphrecCsrScatterRows, CsrScatterRowsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // offsets [n_rows + 1]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // neighbors [nnz]
+                                  .Arg<ffi::BufferR1<ffi::F32>>()  // weights [nnz]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // rows [r]
+                                  .Arg<ffi::BufferR2<ffi::F32>>()  // ybar [r, d]
+                                  .Ret<ffi::BufferR2<ffi::F32>>()  // xbar [n_cols, d]
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(GraphrecTopKScores, TopKScoresImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::BufferR2<ffi::F32>>()  // queries [b, d]
+                                  .Arg<ffi::BufferR2<ffi::F32>>()  // items [n, d]
+                                  .Arg<ffi::BufferR1<ffi::F32>>()  // item_bias [n]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // exclude_offsets [b + 1]
+                                  .Arg<ffi::BufferR1<ffi::S32>>()  // exclude_items [m]
+                                  .Attr<int64_t>("k")
+                                  .Ret<ffi::BufferR2<ffi::F32>>()  // scores [b, k]
+                                  .Ret<ffi::BufferR2<ffi::S32>>()  // indices [b, k]
+);

@@ -1,0 +1,190 @@
+"""Building, caching and loading the native CPU kernels in `graph_kernels.cc`.
+
+The C++ source is compiled on first use with the system compiler and cached as
+`<cache>/<hash>.so`, where `<cache>` is `$GRAPHREC_KERNEL_CACHE` or
+`~/.cache/graphrec_jax/kernels` and the hash covers the source, the compiler command and
+flags, the compiler version, the jaxlib version and the CPU (the build uses
+`-march=native`). The library is written to a temporary file and renamed into place, so
+processes building at the same time never load a half-written file. Its FFI handlers are
+registered with XLA for the CPU platform.
+
+Environment:
+  GRAPHREC_NATIVE_KERNELS=0  never use the native kernels (the XLA path runs everywhere).
+  GRAPHREC_NUM_THREADS=N     threads per kernel call (default: OpenMP's, i.e. OMP_NUM_THREADS
+                             or the core count).
+  GRAPHREC_KERNEL_CACHE=DIR  where compiled libraries are kept.
+  CXX                        the compiler (default g++).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import jax
+import jaxlib
+
+SOURCE = Path(__file__).with_name("graph_kernels.cc")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17", "-ffp-contract=fast")
+
+# FFI target name -> exported handler symbol in the shared library.
+TARGETS = {
+    "graphrec_csr_matmul": "GraphrecCsrMatmul",
+    "graphrec_csr_matmul_rows": "GraphrecCsrMatmulRows",
+    "graphrec_csr_scatter_rows": "GraphrecCsrScatterRows",
+    "graphrec_top_k_scores": "GraphrecTopKScores",
+}
+
+_lock = threading.Lock()
+
+
+class _Loaded:
+    """The outcome of the one build-and-load attempt of this process."""
+
+    library: ctypes.CDLL | None = None
+    error: str | None = None
+    attempted = False
+
+
+def native_enabled() -> bool:
+    """False when `GRAPHREC_NATIVE_KERNELS` is set to 0/false/no/off."""
+    value = os.environ.get("GRAPHREC_NATIVE_KERNELS", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+def native_available() -> bool:
+    """True when the native CPU kernels are enabled, built and registered with XLA.
+
+    The first call compiles (or loads from the cache) and registers the kernels; if that fails
+    it warns once, naming what failed, and every op falls back to its XLA implementation.
+    """
+    return native_enabled() and load() is not None
+
+
+def unavailable_reason() -> str:
+    """Why `native_available()` is False (empty when it is True)."""
+    if not native_enabled():
+        return "GRAPHREC_NATIVE_KERNELS=0 disables them"
+    if load() is None:
+        return _Loaded.error or "unknown"
+    return ""
+
+
+def load() -> ctypes.CDLL | None:
+    """Builds (or reuses the cached build of) the kernels and registers them; None on failure."""
+    with _lock:
+        if not _Loaded.attempted:
+            _Loaded.attempted = True
+            try:
+                _Loaded.library = _build_and_register()
+            except Exception as error:  # any failure means: use the XLA path, and say why once
+                _Loaded.error = str(error)
+                warnings.warn(
+                    f"graphrec_jax.kernels: native CPU kernels unavailable ({error}); "
+                    "using the slower XLA implementations instead.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        return _Loaded.library
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRAPHREC_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "graphrec_jax" / "kernels"
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX", "g++"))
+
+
+@functools.cache
+def _compiler_version(compiler: tuple[str, ...]) -> str:
+    try:
+        result = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise RuntimeError(f"C++ compiler {' '.join(compiler)!r} not runnable: {error}") from error
+    if result.returncode != 0:
+        raise RuntimeError(f"C++ compiler {' '.join(compiler)!r} failed: {result.stderr.strip()}")
+    return result.stdout.splitlines()[0] if result.stdout else ""
+
+
+def _cpu_identity() -> str:
+    """The CPU model and feature flags, since `-march=native` code may not run on another CPU."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def library_path() -> Path:
+    """Where this source, compiler, jaxlib and CPU combination is cached."""
+    compiler = tuple(_compiler())
+    key = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(compiler + FLAGS).encode(),
+        _compiler_version(compiler).encode(),
+        jaxlib.__version__.encode(),
+        _cpu_identity().encode(),
+    ):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"{key.hexdigest()[:24]}.so"
+
+
+def _compile(target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
+    os.close(handle)
+    command = [*_compiler(), *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", temporary]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {' '.join(command)}\n{tail}")
+        os.replace(temporary, target)  # atomic: readers see the old file or the whole new one
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _build_and_register() -> ctypes.CDLL:
+    path = library_path()
+    if not path.exists():
+        _compile(path)
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError:  # a damaged cache entry: build it again, once
+        _compile(path)
+        library = ctypes.CDLL(str(path))
+    threads = os.environ.get("GRAPHREC_NUM_THREADS", "").strip()
+    if threads:
+        if not threads.isdigit() or int(threads) < 1:
+            raise RuntimeError(f"GRAPHREC_NUM_THREADS={threads!r} is not a positive integer")
+        set_num_threads(int(threads), library)
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return library
+
+
+def set_num_threads(num_threads: int, library: ctypes.CDLL | None = None) -> None:
+    """Threads used by each native kernel call from now on; 0 restores OpenMP's default.
+
+    Not jittable (a host-side setting); takes effect for already compiled functions too.
+    """
+    library = library or load()
+    if library is None:
+        return
+    library.graphrec_set_num_threads.argtypes = [ctypes.c_int]
+    library.graphrec_set_num_threads(int(num_threads))
