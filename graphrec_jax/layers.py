@@ -81,15 +81,17 @@ def lightgcn_propagate(
             current = aggregate(graph, current, aggregation=aggregation)
             total = total + current
         return total / (num_layers + 1)
-    total = embeddings[rows]
+    if num_layers == 0:
+        return embeddings[rows]
+    # Sum the full layers first and gather once: each gather's gradient is a scatter into a
+    # [n_node, d] buffer, so one gather instead of L keeps the backward pass lean.
+    partial = embeddings
     current = embeddings
-    for layer in range(num_layers):
-        if layer == num_layers - 1:
-            total = total + aggregate_rows(graph, current, rows, aggregation=aggregation)
-        else:
-            current = aggregate(graph, current, aggregation=aggregation)
-            total = total + current[rows]
-    return total / (num_layers + 1)
+    for _ in range(num_layers - 1):
+        current = aggregate(graph, current, aggregation=aggregation)
+        partial = partial + current
+    last = aggregate_rows(graph, current, rows, aggregation=aggregation)
+    return (partial[rows] + last) / (num_layers + 1)
 
 
 class GCNLayer(nn.Module):
