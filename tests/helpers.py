@@ -27,7 +27,5 @@ def dense_adjacency(graph) -> np.ndarray:
     """The graph's weighted adjacency as a dense `[n, n]` matrix, rows = receivers."""
     n = int(np.sum(graph.n_node))
     matrix = np.zeros((n, n), np.float64)
-    np.add.at(
-        matrix, (np.asarray(graph.receivers), np.asarray(graph.senders)), np.asarray(graph.edges["weight"])
-    )
+    np.add.at(matrix, (np.asarray(graph.receivers), np.asarray(graph.senders)), np.asarray(graph.edges["weight"]))
     return matrix

@@ -51,9 +51,7 @@ def test_out_of_range_indices_are_rejected():
 
 def test_extra_edge_types_keep_the_layout(tiny_interactions):
     num_users, num_items, users, items = tiny_interactions
-    graph = build_interaction_graph(
-        num_users, num_items, users, items, extra_edges=[(np.array([0]), np.array([1]), 1)]
-    )
+    graph = build_interaction_graph(num_users, num_items, users, items, extra_edges=[(np.array([0]), np.array([1]), 1)])
     assert int(graph.n_edge[0]) == 2 * len(users) + 2
     assert (graph.edges["kind"] == 1).sum() == 2
     assert np.all(np.diff(graph.receivers) >= 0)

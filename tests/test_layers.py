@@ -63,9 +63,7 @@ def test_gcn_layer_is_relu_of_aggregated_linear_map(graph_and_embeddings):
 @pytest.mark.parametrize("architecture", ["lightgcn", "gcn"])
 def test_model_rows_match_full_representations(tiny_interactions, architecture):
     graph = build_interaction_graph(*tiny_interactions)
-    model = RecommenderModel(
-        num_nodes=int(graph.n_node[0]), embedding_dim=8, num_layers=2, architecture=architecture
-    )
+    model = RecommenderModel(num_nodes=int(graph.n_node[0]), embedding_dim=8, num_layers=2, architecture=architecture)
     params = model.init(jax.random.PRNGKey(0), graph)
     full, _ = model.apply(params, graph)
     rows = jnp.array([1, 14, 2])

@@ -22,9 +22,9 @@ def test_bpr_matches_formula_and_ignores_padding():
     assert float(result) == pytest.approx(expected, rel=1e-5)
     garbage = negative.copy()
     garbage[3:] = 1e6
-    assert float(
-        losses.bpr_loss_sum(user=user, positive=positive, negative=garbage, mask=mask)
-    ) == pytest.approx(expected, rel=1e-5)
+    assert float(losses.bpr_loss_sum(user=user, positive=positive, negative=garbage, mask=mask)) == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_bce_counts_positive_and_mean_negative():
@@ -32,8 +32,7 @@ def test_bce_counts_positive_and_mean_negative():
     mask = np.ones(5, bool)
     sp = lambda v: np.log1p(np.exp(v))
     expected = sum(
-        sp(-(user[i] @ positive[i])) + np.mean([sp(user[i] @ negative[i, j]) for j in range(2)])
-        for i in range(5)
+        sp(-(user[i] @ positive[i])) + np.mean([sp(user[i] @ negative[i, j]) for j in range(2)]) for i in range(5)
     )
     result = losses.bce_loss_sum(user=user, positive=positive, negative=negative, mask=mask)
     assert float(result) == pytest.approx(expected, rel=1e-5)

@@ -60,9 +60,7 @@ def test_csv_string_ids_duplicates_and_threshold(tmp_path):
     path = tmp_path / "ratings.csv"
     rows = ["user_id,item_id,rating,timestamp"]
     rows += [
-        f"u{user:03d},{item:03d},{1 + (user + item) % 5},{user * 100 + item}"
-        for user in range(10)
-        for item in range(8)
+        f"u{user:03d},{item:03d},{1 + (user + item) % 5},{user * 100 + item}" for user in range(10) for item in range(8)
     ]
     rows += ["u000,000,5,9999", "u000,000,1,1"]  # two duplicates of an existing pair
     path.write_text("\n".join(rows) + "\n")
@@ -89,9 +87,7 @@ def test_csv_string_ids_duplicates_and_threshold(tmp_path):
 def test_rating_threshold_without_ratings_names_the_key(tmp_path):
     path = tmp_path / "implicit.csv"
     path.write_text("user_id,item_id\n1,2\n1,3\n2,2\n")
-    with pytest.raises(
-        DataError, match=r"data\.rating_threshold=4\.0 needs ratings.*implicit\.csv has no rating"
-    ):
+    with pytest.raises(DataError, match=r"data\.rating_threshold=4\.0 needs ratings.*implicit\.csv has no rating"):
         prepare_dataset(_data_config(format="csv", path=str(path), rating_threshold=4.0))
 
 
@@ -129,9 +125,7 @@ def test_lightgcn_predefined_split(tmp_path):
     assert _pairs(dataset.evaluation["test"].interactions) == {(0, 3), (1, 0), (1, 1)}
     assert dataset.evaluation["test"].candidate_items is None and dataset.item_text is None
     with pytest.warns(DataWarning, match="re-splits the union"):
-        resplit = prepare_dataset(
-            _data_config(format="lightgcn", path=str(folder), split__method="leave_one_out")
-        )
+        resplit = prepare_dataset(_data_config(format="lightgcn", path=str(folder), split__method="leave_one_out"))
     assert len(resplit.train) + len(resplit.evaluation["test"].interactions) == 8
 
 
@@ -167,12 +161,8 @@ def test_predefined_split_errors_name_file_line_and_id(tmp_path, files, pattern)
 
 def test_predefined_test_item_without_training_warns(tmp_path):
     folder = _write_split(tmp_path / "lg", {"train.txt": "0 0\n1 1\n", "test.txt": "0 1 7\n"})
-    with pytest.warns(
-        DataWarning, match=r"1 interactions of .*test\.txt hold items that never occur in train\.txt"
-    ):
-        dataset = prepare_dataset(
-            _data_config(format="lightgcn", path=str(folder), split__method="predefined")
-        )
+    with pytest.warns(DataWarning, match=r"1 interactions of .*test\.txt hold items that never occur in train\.txt"):
+        dataset = prepare_dataset(_data_config(format="lightgcn", path=str(folder), split__method="predefined"))
     assert len(dataset.evaluation["test"].interactions) == 2
 
 
@@ -197,9 +187,7 @@ def _write_amazon(folder):
 def test_amazon_split_cold_and_generic_split(tmp_path):
     folder = _write_amazon(tmp_path / "shop")
     dataset = prepare_dataset(
-        _data_config(
-            format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold"
-        )
+        _data_config(format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold")
     )
     assert dataset.name == "Shop"
     assert dataset.num_items == 6  # item 5 has text but no interaction, and still has an index
@@ -217,9 +205,7 @@ def test_amazon_split_cold_and_generic_split(tmp_path):
 def test_amazon_split_file_ids_must_belong_to_the_data(tmp_path):
     folder = _write_amazon(tmp_path / "shop")
     (folder / "split-cold" / "test_cold.txt").write_text("0 3\n9 4\n")
-    config = _data_config(
-        format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold"
-    )
+    config = _data_config(format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold")
     with pytest.raises(DataError, match=r"test_cold\.txt, line 2: user id 9 does not occur in the data"):
         prepare_dataset(config)
 
@@ -285,9 +271,7 @@ def _count_pairs(path) -> int:
 def test_movielens_100k():
     folder = _dataset_folder("ml-100k")
     with pytest.warns(DataWarning, match=r"dropped \d+ of 20000 'test' interactions"):
-        dataset = prepare_dataset(
-            _data_config(format="movielens", path=str(folder), split__method="temporal")
-        )
+        dataset = prepare_dataset(_data_config(format="movielens", path=str(folder), split__method="temporal"))
     assert (dataset.num_users, dataset.num_items) == (943, 1682)
     assert len(dataset.train) == 80_000
     test = dataset.evaluation["test"].interactions
@@ -302,9 +286,7 @@ def test_movielens_100k():
 def test_movielens_100k_fixed_split():
     folder = _dataset_folder("ml-100k") / "split"
     with pytest.warns(DataWarning, match="never occur in train.txt"):
-        dataset = prepare_dataset(
-            _data_config(format="lightgcn", path=str(folder), split__method="predefined")
-        )
+        dataset = prepare_dataset(_data_config(format="lightgcn", path=str(folder), split__method="predefined"))
     assert (len(dataset.train), len(dataset.evaluation["test"].interactions)) == (80_000, 20_000)
     assert dataset.num_users == 943
 
@@ -321,20 +303,14 @@ def test_gowalla():
 @pytest.mark.data
 def test_amazon_office_split_cold():
     folder = _dataset_folder("amazon-office-text")
-    config = _data_config(
-        format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold"
-    )
+    config = _data_config(format="amazon", path=str(folder), split__method="predefined", split__folder="split-cold")
     dataset = prepare_dataset(config)
     assert (dataset.num_users, dataset.num_items) == (4_905, 2_420)
     cold = dataset.evaluation["cold"].candidate_items
     assert len(cold) == len((folder / "split-cold" / "cold_items.txt").read_text().split())
     assert not np.isin(dataset.train.items, cold).any()
     assert len(dataset.train) == _count_pairs(folder / "split-cold" / "train.txt")
-    assert len(dataset.evaluation["warm"].interactions) == _count_pairs(
-        folder / "split-cold" / "test_warm.txt"
-    )
-    assert len(dataset.evaluation["cold"].interactions) == _count_pairs(
-        folder / "split-cold" / "test_cold.txt"
-    )
+    assert len(dataset.evaluation["warm"].interactions) == _count_pairs(folder / "split-cold" / "test_warm.txt")
+    assert len(dataset.evaluation["cold"].interactions) == _count_pairs(folder / "split-cold" / "test_cold.txt")
     assert all(entry["title"] for entry in dataset.item_text[:50])
     assert "&amp;" not in " ".join(entry["description"] for entry in dataset.item_text)

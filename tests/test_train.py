@@ -110,9 +110,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     shutil.copytree(workdir, copy)
     store = CheckpointStore(copy, read_only=True)
     latest, previous = store.steps()[-1], store.steps()[-2]
-    state_files = [
-        path for path in (copy / "checkpoints" / str(latest) / "state").rglob("*") if path.is_file()
-    ]
+    state_files = [path for path in (copy / "checkpoints" / str(latest) / "state").rglob("*") if path.is_file()]
     for path in state_files:
         if path.stat().st_size > 64:
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -178,9 +176,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_metrics(tmp_path):
     deadline = time.time() + 300
     checkpoints = killed / "checkpoints"
     while time.time() < deadline:
-        steps = (
-            [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
-        )
+        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
         if steps and max(steps) >= 40:
             break
         if process.poll() is not None:
@@ -195,6 +191,4 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_metrics(tmp_path):
     subprocess.run(command(killed), env=env, check=True, capture_output=True, timeout=600)
     assert _comparable(_records(killed)[-1]) == _comparable(_records(straight)[-1])
     assert [r["epoch"] for r in _records(killed)] == [8, 16, 24]
-    np.testing.assert_allclose(
-        _records(killed)[-1]["test/recall@10"], _records(straight)[-1]["test/recall@10"]
-    )
+    np.testing.assert_allclose(_records(killed)[-1]["test/recall@10"], _records(straight)[-1]["test/recall@10"])
