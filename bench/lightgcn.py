@@ -57,9 +57,7 @@ def peak_rss_mib() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder with train.txt and test.txt")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--eval-every", type=int, default=20)
@@ -79,6 +77,16 @@ def main() -> None:
         default=0,
         help="timing only: at most this many batches per epoch; the full epoch time is extrapolated",
     )
+    parser.add_argument(
+        "--time-budget-s",
+        type=float,
+        default=0.0,
+        help="stop after the epoch at which this many seconds of training and evaluation have passed "
+        "(then evaluate once more); 0 runs every epoch",
+    )
+    parser.add_argument(
+        "--target-recall", type=float, default=0.0, help="stop at the first evaluation reaching this Recall@topk"
+    )
     args = parser.parse_args()
 
     setup_started = time.perf_counter()
@@ -95,9 +103,7 @@ def main() -> None:
     config.train.learning_rate = args.lr
     config.train.l2_weight = args.decay
     dataset = prepare_dataset(config.data)
-    graph = build_interaction_graph(
-        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items
-    )
+    graph = build_interaction_graph(dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items)
     model = build_model(config.model, dataset.num_users + dataset.num_items)
     optimizer = steps.make_optimizer(config.train)
     params = jax.jit(model.init)(jax.random.PRNGKey(args.seed), graph)["params"]
@@ -136,6 +142,7 @@ def main() -> None:
     print(f"setup {setup_seconds:.2f}s", flush=True)
 
     epochs, evaluations = [], []
+    run_started = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         before = cpu_snapshot()
         started = time.perf_counter()
@@ -171,7 +178,8 @@ def main() -> None:
         )
         if "extrapolated_train_s" in record:
             line += f" [partial epoch; extrapolated full epoch {record['extrapolated_train_s']:.1f}s]"
-        if args.eval_every > 0 and (epoch % args.eval_every == 0 or epoch == args.epochs):
+        out_of_time = args.time_budget_s > 0 and time.perf_counter() - run_started >= args.time_budget_s
+        if args.eval_every > 0 and (epoch % args.eval_every == 0 or epoch == args.epochs or out_of_time):
             before_eval = cpu_snapshot()
             eval_started = time.perf_counter()
             params = devices.unreplicate(state.params)
@@ -200,11 +208,16 @@ def main() -> None:
                 f"ndcg@{args.topk} {evaluation['ndcg']:.5f}"
             )
         line += f" | peakRSS {peak_rss_mib():.0f} MiB"
-        if record["contended"] or (
-            evaluations and evaluations[-1]["epoch"] == epoch and evaluations[-1]["contended"]
-        ):
+        if record["contended"] or (evaluations and evaluations[-1]["epoch"] == epoch and evaluations[-1]["contended"]):
             line += " CONTENDED"
         print(line, flush=True)
+        reached = evaluations and evaluations[-1]["epoch"] == epoch and args.target_recall > 0
+        if reached and evaluations[-1]["recall"] >= args.target_recall:
+            print(f"reached Recall@{args.topk} {args.target_recall} at epoch {epoch}", flush=True)
+            break
+        if out_of_time:
+            print(f"time budget of {args.time_budget_s:.0f}s spent at epoch {epoch}", flush=True)
+            break
 
     train_times = [record.get("extrapolated_train_s", record["train_s"]) for record in epochs]
     clean = [value for value, record in zip(train_times, epochs, strict=True) if not record["contended"]]
@@ -219,6 +232,8 @@ def main() -> None:
         "best_recall": max(e["recall"] for e in evaluations) if evaluations else None,
         "best_ndcg": max(e["ndcg"] for e in evaluations) if evaluations else None,
         "peak_rss_mib": peak_rss_mib(),
+        "epochs_run": len(epochs),
+        "wall_s": time.perf_counter() - run_started,
         "partial_epochs": bool(args.max_batches and args.max_batches < full_batches),
     }
     print("SUMMARY " + json.dumps(summary), flush=True)

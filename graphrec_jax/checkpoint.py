@@ -162,9 +162,7 @@ class CheckpointStore:
                     )
                 continue
             return candidate, restored["state"], restored["arrays"], metadata
-        raise FileNotFoundError(
-            f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(failures)
-        )
+        raise FileNotFoundError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(failures))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

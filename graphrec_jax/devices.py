@@ -43,9 +43,7 @@ def unreplicate(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_shards[0].data)[0], tree)
 
 
-def initialize_distributed(
-    coordinator_address: str | None, num_processes: int | None, process_id: int | None
-) -> None:
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
     """Joins a multi-process run with `jax.distributed.initialize` when an address is given.
 
     With `coordinator_address=None` this is a single-process run and nothing happens. The

@@ -75,9 +75,7 @@ def ranking_metrics(
         metrics[f"precision@{k}"] = float(np.mean(count / k))
         metrics[f"hit_rate@{k}"] = float(np.mean(count > 0))
         metrics[f"mrr@{k}"] = float(np.mean(1.0 / first))
-        metrics[f"coverage@{k}"] = float(
-            len(np.unique(recommended[recommended >= 0])) / max(num_candidates, 1)
-        )
+        metrics[f"coverage@{k}"] = float(len(np.unique(recommended[recommended >= 0])) / max(num_candidates, 1))
     return metrics
 
 
@@ -209,9 +207,7 @@ def evaluate_split(
     local = np.zeros(len(users) + 1, np.int64)
     np.cumsum(stops - starts, out=local[1:])
     gather = np.repeat(starts - local[:-1], stops - starts) + np.arange(local[-1])
-    num_candidates = (
-        item_representations.shape[0] if split.candidate_items is None else len(split.candidate_items)
-    )
+    num_candidates = item_representations.shape[0] if split.candidate_items is None else len(split.candidate_items)
     metrics = ranking_metrics(top_items, local, heldout_items[gather], ks, num_candidates)
     metrics["num_users"] = int(len(users))
     metrics["eval_seconds"] = time.perf_counter() - started

@@ -71,9 +71,7 @@ def build_interaction_graph(
     inverse_sqrt = np.zeros_like(degree)
     np.divide(1.0, np.sqrt(degree), out=inverse_sqrt, where=degree > 0)
     weight = (inverse_sqrt[senders] * inverse_sqrt[receivers]).astype(np.float32)
-    node_kind = np.concatenate(
-        [np.full(num_users, USER_NODE, np.int8), np.full(num_items, ITEM_NODE, np.int8)]
-    )
+    node_kind = np.concatenate([np.full(num_users, USER_NODE, np.int8), np.full(num_items, ITEM_NODE, np.int8)])
     return jraph.GraphsTuple(
         nodes={"kind": node_kind, "edge_start": edge_starts(receivers, num_nodes)},
         edges={"weight": weight, "kind": kind},
@@ -97,9 +95,7 @@ def csr_offsets(graph: jraph.GraphsTuple):
     return jnp.concatenate([starts, total[None]])
 
 
-def pad_graph(
-    graph: jraph.GraphsTuple, num_nodes: int, num_edges: int, num_graphs: int = 2
-) -> jraph.GraphsTuple:
+def pad_graph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int, num_graphs: int = 2) -> jraph.GraphsTuple:
     """Pads to a fixed budget with `jraph.pad_with_graphs`, keeping the CSR layout valid.
 
     Padding edges connect padding nodes only, carry weight 0, and sort after every real

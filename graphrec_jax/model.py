@@ -23,10 +23,23 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from graphrec_jax.graph import csr_offsets
+from graphrec_jax.graph import ITEM_NODE, csr_offsets
 from graphrec_jax.layers import GCNLayer, gcn_propagate, lightgcn_propagate
 
 TEXT_FUSIONS = ("text_only", "concat", "text_node_input")
+
+
+class TextProjection(nn.Module):
+    """Text features to the representation space: linear, or an MLP with one GELU hidden layer."""
+
+    features: int
+    hidden_features: int = 0
+
+    @nn.compact
+    def __call__(self, text: jax.Array) -> jax.Array:
+        if self.hidden_features:
+            text = nn.gelu(nn.Dense(self.hidden_features, name="hidden")(text))
+        return nn.Dense(self.features, name="output")(text)
 
 
 class RecommenderModel(nn.Module):
@@ -40,6 +53,10 @@ class RecommenderModel(nn.Module):
       fusion: one of graph_only, text_only, concat, text_node_input.
       init_std: standard deviation of the N(0, std) id-embedding initialiser.
       aggregation: "auto", "native" or "segment_sum" (see `layers.aggregate`).
+      id_dropout: in training, the probability of hiding an item's id-based part so that its
+        representation comes from text alone, as a cold item's does (DropoutNet); text
+        fusions only.
+      text_hidden_dim: width of the text projection's hidden layer; 0 projects linearly.
     """
 
     num_nodes: int
@@ -49,6 +66,8 @@ class RecommenderModel(nn.Module):
     fusion: str = "graph_only"
     init_std: float = 0.1
     aggregation: str = "auto"
+    id_dropout: float = 0.0
+    text_hidden_dim: int = 0
 
     @nn.compact
     def __call__(
@@ -57,6 +76,7 @@ class RecommenderModel(nn.Module):
         text_features: jax.Array | None = None,
         *,
         rows: jax.Array | None = None,
+        deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array]:
         """Computes representations.
 
@@ -66,6 +86,7 @@ class RecommenderModel(nn.Module):
             has none); required by the text fusions.
           rows: optional `[r]` int32 nodes to return (the loss's users and items); computing
             only those is cheaper than all nodes.
+          deterministic: False in training: applies `id_dropout` (needs a "dropout" rng).
 
         Returns:
           (representations `[r or num_nodes, embedding_dim]`, layer-0 inputs of the same rows,
@@ -74,32 +95,63 @@ class RecommenderModel(nn.Module):
         uses_text = self.fusion in TEXT_FUSIONS
         if uses_text and text_features is None:
             raise ValueError(f"fusion {self.fusion!r} needs text_features [num_nodes, text_dim]")
+        # A sampled subgraph's nodes are copies of full-graph nodes: their layer-0 inputs and
+        # text features are gathered by full-graph index (see `neighbor_sampling`).
+        global_id = graph.nodes.get("global_id") if isinstance(graph.nodes, dict) else None
+        if global_id is not None and text_features is not None:
+            text_features = text_features[global_id]
 
         def select(x):
             return x if rows is None else x[rows]
 
+        row_text = None if text_features is None else select(text_features)
+
         if self.fusion == "text_only":
-            projected = nn.Dense(self.embedding_dim, name="text_projection")(select(text_features))
+            projected = TextProjection(self.embedding_dim, self.text_hidden_dim, name="text_projection")(row_text)
             return projected, projected
 
         embedding = self.param(
             "node_embedding", nn.initializers.normal(self.init_std), (self.num_nodes, self.embedding_dim)
         )
+        if global_id is not None:
+            embedding = embedding[global_id]
         if uses_text:
-            offsets = csr_offsets(graph)
-            has_edges = (offsets[1:] - offsets[:-1]) > 0
+            if global_id is not None:  # in-degrees within a subgraph say nothing about the full graph
+                has_edges = graph.nodes["has_edges"]
+            else:
+                offsets = csr_offsets(graph)
+                has_edges = (offsets[1:] - offsets[:-1]) > 0
             ids = jnp.where(has_edges[:, None], embedding, 0.0)
         else:
             ids = embedding  # as in LightGCN: an isolated node keeps a trainable embedding
         if self.fusion == "text_node_input":
-            inputs = ids + nn.Dense(self.embedding_dim, name="text_projection")(text_features)
+            projected = TextProjection(self.embedding_dim, self.text_hidden_dim, name="text_projection")(text_features)
+            inputs = ids + projected
         else:
             inputs = ids
         propagated = self._propagate(graph, inputs, rows)
+        hidden = self._hidden_items(graph, rows, deterministic)
         if self.fusion == "concat":
-            joined = jnp.concatenate([propagated, select(text_features)], axis=-1)
+            if hidden is not None:
+                propagated = jnp.where(hidden[:, None], 0.0, propagated)
+            joined = jnp.concatenate([propagated, row_text], axis=-1)
             return nn.Dense(self.embedding_dim, name="head")(joined), select(inputs)
+        if hidden is not None and self.fusion == "text_node_input":
+            # An item without edges or id propagates nothing: its representation is its
+            # projected text averaged with L empty layers (LightGCN) .
+            text_alone = select(projected) / (self.num_layers + 1)
+            propagated = jnp.where(hidden[:, None], text_alone, propagated)
         return propagated, select(inputs)
+
+    def _hidden_items(self, graph, rows, deterministic):
+        """`[r]` bool: item rows whose id part is hidden this step (None when nothing is hidden)."""
+        if deterministic or self.id_dropout <= 0 or self.fusion not in ("concat", "text_node_input"):
+            return None
+        is_item = graph.nodes["kind"] == ITEM_NODE
+        if rows is not None:
+            is_item = is_item[rows]
+        drop = jax.random.bernoulli(self.make_rng("dropout"), self.id_dropout, is_item.shape)
+        return is_item & drop
 
     def _propagate(self, graph, inputs, rows):
         if self.architecture == "lightgcn":
@@ -121,4 +173,6 @@ def build_model(model_config, num_nodes: int) -> RecommenderModel:
         fusion=model_config.fusion,
         init_std=model_config.init_std,
         aggregation=model_config.aggregation,
+        id_dropout=model_config.id_dropout,
+        text_hidden_dim=model_config.text_hidden_dim,
     )

@@ -243,10 +243,17 @@ class Recommender:
         self._refresh_representations()
 
     def _text_encoder(self):
+        """The text encoder as trained: the pretrained tower with fine-tuned layers in place."""
         if getattr(self, "_encoder", None) is None:
+            from graphrec_jax.text.finetune import TEXT_PARAMS, TextTower
             from graphrec_jax.text_features import load_text_encoder
 
-            self._encoder = load_text_encoder(self.config)
+            encoder = load_text_encoder(self.config)
+            if TEXT_PARAMS in self.params:
+                text = self.config.model.text
+                tower = TextTower(encoder.config, text.freeze_layers, text.pooling, text.dtype)
+                encoder.params = tower.merge_params(encoder.params, self.params[TEXT_PARAMS])
+            self._encoder = encoder
         return self._encoder
 
     def title(self, item_id: Any) -> str:

@@ -12,6 +12,10 @@ A batch is a dict of per-device arrays:
   graph: the `jraph.GraphsTuple` the step propagates over (the whole training graph, or a
     sampled subgraph in which the indices above are node positions);
   text_features: `[n_node, text_dim]` float32, for the text fusions.
+With a fine-tuned text tower (`text.finetune`) also:
+  text_prefix, text_mask: `[n_items, t, hidden]` frozen prefix states (or ids) and `[n_items, t]`;
+  text_items: `[u]` int32 items whose text the tower re-encodes this step (drawn from the
+    batch's items).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import optax
 from graphrec_jax import losses
 from graphrec_jax.devices import AXIS
 from graphrec_jax.model import RecommenderModel
+from graphrec_jax.text import finetune
 
 
 @flax.struct.dataclass
@@ -49,9 +54,7 @@ def create_train_state(params, optimizer: optax.GradientTransformation) -> Train
 
 def batch_rows(batch: dict[str, jax.Array], num_users: int) -> jax.Array:
     """Node rows the loss reads: users, then positives, then negatives: `[b * (2 + n_neg)]`."""
-    return jnp.concatenate(
-        [batch["users"], batch["positives"] + num_users, batch["negatives"].reshape(-1) + num_users]
-    )
+    return jnp.concatenate([batch["users"], batch["positives"] + num_users, batch["negatives"].reshape(-1) + num_users])
 
 
 def make_train_step(
@@ -61,6 +64,7 @@ def make_train_step(
     *,
     num_users: int,
     axis_name: str | None = AXIS,
+    text_tower=None,
 ) -> Callable:
     """Builds the pure train step for `model`.
 
@@ -70,6 +74,8 @@ def make_train_step(
       train_config: `config.train` (loss, l2_weight, softmax_temperature).
       num_users: node offset of items in the graph.
       axis_name: the pmap axis to average over, or None for an unmapped step.
+      text_tower: a `text.finetune.TextTower` to fine-tune inside the step on the batch's
+        items; its parameters are `params["text_encoder"]`.
     """
     loss_name = train_config.loss
     l2_weight = train_config.l2_weight
@@ -92,11 +98,18 @@ def make_train_step(
             step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
 
         def loss_fn(params):
+            model_params, text_features = params, batch.get("text_features")
+            if text_tower is not None:
+                model_params = finetune.params_without_text(params)
+                text_features = _fresh_text_features(
+                    text_tower, params[finetune.TEXT_PARAMS], batch, num_users, step_rng
+                )
             representation, inputs = model.apply(
-                {"params": params},
+                {"params": model_params},
                 batch["graph"],
-                batch.get("text_features"),
+                text_features,
                 rows=rows,
+                deterministic=False,
                 rngs={"dropout": step_rng},
             )
             user = representation[:batch_size]
@@ -130,6 +143,23 @@ def make_train_step(
     return train_step
 
 
+def _fresh_text_features(text_tower, trainable, batch, num_users, rng):
+    """`text_features` with the batch's items re-encoded by the tower being trained.
+
+    The other items keep the features of the last refresh (constants in this step), so the
+    text gradient flows through exactly the items the tower encoded.
+    """
+    items = batch["text_items"]
+    fresh = text_tower.embed(
+        trainable,
+        batch["text_prefix"][items],
+        batch["text_mask"][items],
+        deterministic=False,
+        rng=jax.random.fold_in(rng, 1),
+    )
+    return batch["text_features"].at[num_users + items].set(finetune.unit_rows(fresh))
+
+
 def _softmax_loss_sum(user, positive, batch, mask, temperature, axis_name):
     items = batch["positives"]
     if axis_name is None:
@@ -156,6 +186,6 @@ def make_representation_fn(model: RecommenderModel) -> Callable:
     """`(params, graph, text_features) -> [n_node, d]` representations of every node (jit it)."""
 
     def representations(params, graph, text_features=None):
-        return model.apply({"params": params}, graph, text_features)[0]
+        return model.apply({"params": finetune.params_without_text(params)}, graph, text_features)[0]
 
     return representations

@@ -30,6 +30,7 @@ from graphrec_jax.evaluation import csr_by_user, evaluate_split
 from graphrec_jax.graph import build_interaction_graph
 from graphrec_jax.model import TEXT_FUSIONS, RecommenderModel, build_model
 from graphrec_jax.sampling import FullGraphBatches, TripleSampler
+from graphrec_jax.text.finetune import TEXT_PARAMS, make_finetune_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TrainingSetup:
     graph: jraph.GraphsTuple
     model: RecommenderModel
     text_features: np.ndarray | None  # [n_node, text_dim] float32
+    text_finetuning: Any = None  # a text_features.TextFinetuning in the fine-tuned text regime
 
 
 def build_setup(
@@ -58,38 +60,98 @@ def build_setup(
     `text_features` (`[n_node, text_dim]`) skips encoding when they are already known, as
     when a checkpoint is restored.
     """
-    graph = build_interaction_graph(
-        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items
-    )
+    graph = build_interaction_graph(dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items)
     model = build_model(config.model, dataset.num_users + dataset.num_items)
-    if text_features is None and config.model.fusion in TEXT_FUSIONS:
+    finetuning = None
+    if config.model.fusion in TEXT_FUSIONS and config.model.text.regime == "finetune" and text_features is None:
+        from graphrec_jax.text_features import TextFinetuning, load_text_encoder
+
+        finetuning = TextFinetuning(config, dataset, load_text_encoder(config))
+        text_features = finetuning.node_features(finetuning.initial_params())
+    elif text_features is None and config.model.fusion in TEXT_FUSIONS:
         from graphrec_jax.text_features import node_text_features
 
         text_features = node_text_features(config, dataset)
-    return TrainingSetup(dataset=dataset, graph=graph, model=model, text_features=text_features)
+    return TrainingSetup(
+        dataset=dataset, graph=graph, model=model, text_features=text_features, text_finetuning=finetuning
+    )
 
 
 def init_params(setup: TrainingSetup, seed: int):
     """Initial parameters (host numpy tree), deterministic for `seed`."""
     rng = jax.random.PRNGKey(seed)
     variables = jax.jit(setup.model.init)(rng, setup.graph, setup.text_features)
-    return jax.tree.map(np.asarray, variables["params"])
+    params = dict(variables["params"])
+    if setup.text_finetuning is not None:
+        params[TEXT_PARAMS] = setup.text_finetuning.initial_params()
+    return jax.tree.map(np.asarray, params)
+
+
+def initial_params_from(workdir: str | Path, params: dict) -> dict:
+    """`params` with every entry that another run's best checkpoint holds, at the same shape.
+
+    Raises ValueError naming the entry when a shape differs (the runs' models disagree).
+    """
+    if not has_checkpoints(workdir):
+        raise FileNotFoundError(f"train.init_from={str(workdir)!r} holds no checkpoints")
+    store = CheckpointStore(workdir, read_only=True)
+    store.best_metric = store.read_metadata(store.steps()[-1]).get("best_metric", "")
+    _, state, _, _ = store.restore(None, None, step=store.best_step())
+    store.close()
+    source = state["train_state"]["params"]
+    flat_source = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    merged = []
+    for path, leaf in leaves:
+        value = flat_source.get(path)
+        if value is None:
+            merged.append(leaf)
+            continue
+        if np.shape(value) != np.shape(leaf):
+            raise ValueError(
+                f"train.init_from: parameter {jax.tree_util.keystr(path)} has shape {np.shape(value)} in "
+                f"{workdir} but {np.shape(leaf)} here; the two runs' models must match"
+            )
+        merged.append(np.asarray(value, dtype=np.asarray(leaf).dtype))
+    return jax.tree_util.tree_unflatten(treedef, merged)
 
 
 def make_batch_source(config: ml_collections.ConfigDict, setup: TrainingSetup):
-    """The batch source `config.train.mode` asks for, fed by LightGCN's triple sampler."""
+    """The batch source `config.sampling.mode` asks for, fed by LightGCN's triple sampler.
+
+    "full" propagates over the whole graph every step; "sampled" over each batch's padded
+    neighbourhood subgraph. With `sampling.prefetch_batches > 0` a host thread prepares and
+    places that many batches ahead of the step.
+    """
     dataset = setup.dataset
     sampler = TripleSampler(
-        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items, seed=config.seed
+        dataset.num_users,
+        dataset.num_items,
+        dataset.train.users,
+        dataset.train.items,
+        seed=config.seed,
+        negative_items=np.unique(dataset.train.items),
     )
-    return FullGraphBatches(
-        sampler,
-        config.train.batch_size,
-        config.train.num_negatives,
-        devices.num_local_devices(),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    if config.sampling.mode == "sampled":
+        from graphrec_jax.neighbor_sampling import make_sampled_source
+
+        source = make_sampled_source(config, setup, sampler, devices.num_local_devices())
+    else:
+        source = FullGraphBatches(
+            sampler,
+            config.train.batch_size,
+            config.train.num_negatives,
+            devices.num_local_devices(),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    if setup.text_finetuning is not None:
+        source = setup.text_finetuning.wrap(source)
+    if config.sampling.prefetch_batches > 0:
+        from graphrec_jax.prefetch import PrefetchedBatches
+
+        source = PrefetchedBatches(source, config.sampling.prefetch_batches)
+    return source
 
 
 def evaluate_model(
@@ -97,10 +159,22 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Full-ranking metrics on every evaluation split, keys like "test/recall@20"."""
     dataset = setup.dataset
-    if representations is None:
-        representations = jax.jit(steps.make_representation_fn(setup.model))(
-            params, setup.graph, setup.text_features
+    if representations is None and config.sampling.mode == "sampled":
+        # Layer by layer in row chunks over the operators the sampled hops estimate.
+        from graphrec_jax.inference import node_representations
+        from graphrec_jax.neighbor_sampling import neighbor_sampler
+
+        representations = node_representations(
+            setup.model,
+            params,
+            setup.graph,
+            setup.text_features,
+            operators=neighbor_sampler(config, setup.graph, dataset.num_users).hop_operators(),
+            chunk_rows=config.sampling.inference_chunk_rows,
+            backend=_kernel_backend(config),
         )
+    if representations is None:
+        representations = jax.jit(steps.make_representation_fn(setup.model))(params, setup.graph, setup.text_features)
     users = representations[: dataset.num_users]
     items = representations[dataset.num_users :]
     train_by_user = csr_by_user(dataset.train, dataset.num_users)
@@ -155,18 +229,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     primary = devices.is_primary_process()
     workdir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
-    optimizer = steps.make_optimizer(config.train)
+    finetuning = setup.text_finetuning
+    if finetuning is None:
+        optimizer = steps.make_optimizer(config.train)
+    else:
+        optimizer = make_finetune_optimizer(config.train.learning_rate, config.model.text.learning_rate)
     params = init_params(setup, config.seed)
     state = steps.create_train_state(params, optimizer)
     state = jax.tree.map(np.asarray, state)
     rng = np.asarray(jax.random.PRNGKey(config.seed))
-    arrays = _serving_arrays(setup)
     metadata = _metadata(config, dataset, best_metric)
 
+    if config.train.init_from and not has_checkpoints(workdir):
+        params = initial_params_from(config.train.init_from, params)
+        state = jax.tree.map(np.asarray, steps.create_train_state(params, optimizer))
     if has_checkpoints(workdir):
-        step, restored, _, saved = store.restore({"train_state": state, "rng": rng}, None)
+        step, restored, restored_arrays, saved = store.restore({"train_state": state, "rng": rng}, None)
         _check_same_run(saved, metadata, workdir)
         state, rng = restored["train_state"], np.asarray(restored["rng"])
+        if finetuning is not None:  # the features of the last refresh, as the interrupted run had them
+            setup.text_features = np.asarray(restored_arrays["text_features"])
         log.info("resumed from %s at step %d", store.directory, step)
     start_step = int(state.step)
     if primary:
@@ -176,13 +258,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     source = make_batch_source(config, setup)
     batches_per_epoch = source.batches_per_epoch
     train_step = jax.pmap(
-        steps.make_train_step(setup.model, optimizer, config.train, num_users=dataset.num_users),
+        steps.make_train_step(
+            setup.model,
+            optimizer,
+            config.train,
+            num_users=dataset.num_users,
+            text_tower=None if finetuning is None else finetuning.tower,
+        ),
         axis_name=steps.AXIS,
         donate_argnums=(0,),
     )
     constants = devices.replicate(source.constants(setup.graph, setup.text_features))
     device_state = devices.replicate(state)
     device_rng = devices.replicate(rng)
+    text_refreshed_at = start_step if finetuning is not None else None
+
+    def refresh_text_features():
+        # Re-encode every item with the tower as trained so far: users' profiles and the
+        # items a step does not re-encode read these.
+        nonlocal constants, text_refreshed_at
+        trainable = devices.unreplicate(device_state.params[TEXT_PARAMS])
+        setup.text_features = finetuning.node_features(trainable)
+        constants = {**constants, "text_features": devices.replicate(setup.text_features)}
+        text_refreshed_at = step
 
     num_epochs = config.train.num_epochs
     last_metrics: dict[str, Any] = {}
@@ -201,6 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         first_batch = step - epoch * batches_per_epoch
         progress.set_description(f"epoch {epoch + 1}/{num_epochs}")
         epoch_started = time.perf_counter()
+        if finetuning is not None and first_batch == 0 and text_refreshed_at != step:
+            refresh_text_features()
         for batch in source.epoch(epoch, first_batch):
             batch = devices.shard(batch)
             device_state, metrics = train_step(device_state, {**batch, **constants}, device_rng)
@@ -214,13 +314,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             if config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
                 epoch_losses += _check_finite(pending)
                 pending = []
-                _save(store, step, epoch, device_state, device_rng, arrays, metadata)
+                _save(store, step, epoch, device_state, device_rng, _serving_arrays(setup), metadata)
         epoch_losses += _check_finite(pending)
         pending = []
         epoch_seconds = time.perf_counter() - epoch_started
         finished = epoch + 1
         is_last = finished == num_epochs
         if (config.train.eval_every_epochs and finished % config.train.eval_every_epochs == 0) or is_last:
+            if finetuning is not None:
+                refresh_text_features()
             params = devices.unreplicate(device_state.params)
             metrics = evaluate_model(config, setup, params)
             record = {
@@ -235,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 with open(workdir / METRICS_FILE, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 progress.write(f"epoch {finished} step {step}: {_summary(record, config.eval.k)}")
-            _save(store, step, finished, device_state, device_rng, arrays, metadata, metrics)
+            _save(store, step, finished, device_state, device_rng, _serving_arrays(setup), metadata, metrics)
         epoch_losses = []
     progress.close()
     if step == start_step and start_step > 0:
@@ -310,9 +412,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     logging and saving would otherwise log that evaluation twice)."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
-    ]
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -11,14 +11,10 @@ from graphrec_jax.cli import run_evaluation
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="run directory of a training run")
     parser.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to restore")
-    parser.add_argument(
-        "--step", type=int, default=None, help="a specific checkpoint step (overrides --which)"
-    )
+    parser.add_argument("--step", type=int, default=None, help="a specific checkpoint step (overrides --which)")
     args = parser.parse_args()
     run_evaluation(args.workdir, which=args.which, step=args.step)
 

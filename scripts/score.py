@@ -10,18 +10,14 @@ from graphrec_jax.cli import run_scoring
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="run directory of a training run")
     users = parser.add_mutually_exclusive_group(required=True)
     users.add_argument("--users", help="comma-separated raw user ids")
     users.add_argument("--all-users", action="store_true", help="score every known user")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user")
     parser.add_argument("--out", required=True, help="output file, .csv or .json")
-    parser.add_argument(
-        "--include-seen", action="store_true", help="also recommend the user's training items"
-    )
+    parser.add_argument("--include-seen", action="store_true", help="also recommend the user's training items")
     parser.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to restore")
     args = parser.parse_args()
     run_scoring(

@@ -192,3 +192,20 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_metrics(tmp_path):
     assert _comparable(_records(killed)[-1]) == _comparable(_records(straight)[-1])
     assert [r["epoch"] for r in _records(killed)] == [8, 16, 24]
     np.testing.assert_allclose(_records(killed)[-1]["test/recall@10"], _records(straight)[-1]["test/recall@10"])
+
+
+def test_init_from_copies_another_runs_best_parameters(trained):
+    from graphrec_jax.data.prepare import prepare_dataset
+    from graphrec_jax.train import build_setup, init_params, initial_params_from
+
+    config, workdir, _ = trained
+    setup = build_setup(config, prepare_dataset(config.data))
+    fresh = init_params(setup, seed=123)
+    copied = initial_params_from(workdir, fresh)
+    best = Recommender.from_checkpoint(workdir).params
+    np.testing.assert_array_equal(copied["node_embedding"], np.asarray(best["node_embedding"]))
+    bigger = test_config.get_config()
+    bigger.model.embedding_dim = 32
+    other = init_params(build_setup(bigger, prepare_dataset(bigger.data)), seed=0)
+    with pytest.raises(ValueError, match="node_embedding"):
+        initial_params_from(workdir, other)

@@ -27,9 +27,7 @@ def find_amazon_name(folder: Path, name: str = "") -> str:
     if name:
         return name
     if not folder.is_dir():
-        raise DataError(
-            f"Amazon folder {folder} does not exist; set data.path to the folder holding NAME.inter.json"
-        )
+        raise DataError(f"Amazon folder {folder} does not exist; set data.path to the folder holding NAME.inter.json")
     found = sorted(path.name for path in folder.glob("*.inter.json"))
     if len(found) != 1:
         listing = ", ".join(found) if found else "none"
@@ -62,9 +60,7 @@ def read_amazon(folder: Path, name: str = "") -> RawData:
     one entry per item in item.json, items with no interaction included.
     """
     name = find_amazon_name(folder, name)
-    inter_path = require_file(
-        folder / f"{name}.inter.json", "Amazon interaction file", "set data.path and data.name"
-    )
+    inter_path = require_file(folder / f"{name}.inter.json", "Amazon interaction file", "set data.path and data.name")
     item_path = require_file(folder / f"{name}.item.json", "Amazon item file", "set data.path and data.name")
     sequences = load_json(inter_path)
     if not isinstance(sequences, dict) or not sequences:
@@ -77,9 +73,7 @@ def read_amazon(folder: Path, name: str = "") -> RawData:
             )
         for item in sequence:
             if isinstance(item, bool) or not isinstance(item, (int, str)):
-                raise DataError(
-                    f"{inter_path}, user {user!r}: item id {item!r} is not an integer or a string"
-                )
+                raise DataError(f"{inter_path}, user {user!r}: item id {item!r} is not an integer or a string")
         users.extend([user] * len(sequence))
         items.extend(str(item) for item in sequence)
     if not items:
@@ -91,9 +85,7 @@ def read_amazon(folder: Path, name: str = "") -> RawData:
             f"{len(unknown)} items in {inter_path.name} have no entry in {item_path.name} "
             f"(for example {', '.join(unknown[:3])}); they get empty text"
         )
-    interactions = pd.DataFrame(
-        {"user": np.asarray(users, dtype=object), "item": np.asarray(items, dtype=object)}
-    )
+    interactions = pd.DataFrame({"user": np.asarray(users, dtype=object), "item": np.asarray(items, dtype=object)})
     return RawData(interactions, str(folder), item_text=item_text, name=name)
 
 
@@ -104,9 +96,7 @@ def _read_item_text(path: Path) -> dict:
     item_text = {}
     for item, fields in payload.items():
         if not isinstance(fields, dict):
-            raise DataError(
-                f"{path}, item {item!r}: expected an object of text fields, found {type(fields).__name__}"
-            )
+            raise DataError(f"{path}, item {item!r}: expected an object of text fields, found {type(fields).__name__}")
         item_text[str(item)] = {field: _clean(fields.get(field)) for field in ITEM_TEXT_FIELDS}
     return item_text
 

@@ -46,24 +46,18 @@ class SplitFiles:
     cold_path: Path | None = None
 
 
-def locate_split_files(
-    data_path: Path, split_config, file_format: str
-) -> tuple[Path, dict[str, Path], Path | None]:
+def locate_split_files(data_path: Path, split_config, file_format: str) -> tuple[Path, dict[str, Path], Path | None]:
     """Resolves (train file, {split name: file}, cold item list or None) from the `data.split` keys."""
     if split_config.train_file:
         if not split_config.test_files:
-            raise DataError(
-                "data.split.train_file is set but data.split.test_files is empty; set 'test=test.txt'"
-            )
+            raise DataError("data.split.train_file is set but data.split.test_files is empty; set 'test=test.txt'")
         tests = {}
         for entry in str(split_config.test_files).split(","):
             name, separator, relative = entry.strip().partition("=")
             if not separator:
                 name, relative = "test", name
             if not name or not relative or name in tests:
-                raise DataError(
-                    f"data.split.test_files={split_config.test_files!r} must read 'name=path,name=path'"
-                )
+                raise DataError(f"data.split.test_files={split_config.test_files!r} must read 'name=path,name=path'")
             tests[name] = data_path / relative.strip()
         cold = data_path / split_config.cold_items_file if split_config.cold_items_file else None
         return data_path / split_config.train_file, tests, cold
@@ -95,9 +89,7 @@ def read_split_files(data_path: Path, split_config, file_format: str, *, integer
     train_path, test_paths, cold_path = locate_split_files(data_path, split_config, file_format)
     files = SplitFiles(
         train=read_split_file(train_path, integer_ids=integer_ids),
-        evaluation={
-            name: read_split_file(path, integer_ids=integer_ids) for name, path in test_paths.items()
-        },
+        evaluation={name: read_split_file(path, integer_ids=integer_ids) for name, path in test_paths.items()},
     )
     if len(files.train.items) == 0:
         raise DataError(f"{train_path} holds no interactions; expected lines `user item item ...`")
@@ -112,9 +104,7 @@ def read_split_files(data_path: Path, split_config, file_format: str, *, integer
     return files
 
 
-def _lookup(
-    index: pd.Index, raw: np.ndarray, lines: np.ndarray, path: Path, kind: str, defined_by: str
-) -> np.ndarray:
+def _lookup(index: pd.Index, raw: np.ndarray, lines: np.ndarray, path: Path, kind: str, defined_by: str) -> np.ndarray:
     """`[n]` int32 indices of `raw` ids; an id missing from `index` raises naming its line."""
     codes = index.get_indexer(raw)
     if (codes < 0).any():
@@ -135,9 +125,7 @@ def build_predefined_splits(
     def to_interactions(split_file: SplitFile) -> tuple[Interactions, np.ndarray]:
         users = _lookup(user_index, split_file.users, split_file.lines, split_file.path, "user", defined_by)
         items = _lookup(item_index, split_file.items, split_file.lines, split_file.path, "item", defined_by)
-        _lookup(
-            user_index, split_file.listed_users, split_file.listed_lines, split_file.path, "user", defined_by
-        )
+        _lookup(user_index, split_file.listed_users, split_file.listed_lines, split_file.path, "user", defined_by)
         return Interactions(users, items), split_file.lines
 
     cold = None

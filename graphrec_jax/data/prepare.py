@@ -103,10 +103,7 @@ def _read_base(data_config, path: Path) -> tuple[RawData | None, list[str] | Non
     """The interaction table of the format (None for LightGCN files) and, for the demo, cold item ids."""
     file_format = data_config.format
     if file_format in _TABLE_FORMATS:
-        columns = {
-            key: data_config[key]
-            for key in ("user_column", "item_column", "rating_column", "timestamp_column")
-        }
+        columns = {key: data_config[key] for key in ("user_column", "item_column", "rating_column", "timestamp_column")}
         return read_table(path, file_format=file_format, separator=data_config.separator, **columns), None
     if file_format == "movielens":
         return read_movielens(path), None
@@ -151,9 +148,7 @@ def _apply_rating_threshold(base: RawData, threshold: float | None) -> RawData:
         )
     kept = base.interactions[base.interactions["rating"] >= threshold].reset_index(drop=True)
     if kept.empty:
-        raise DataError(
-            f"data.rating_threshold={threshold} removes every interaction of {base.source}; lower it"
-        )
+        raise DataError(f"data.rating_threshold={threshold} removes every interaction of {base.source}; lower it")
     return RawData(kept, base.source, base.item_text, base.name)
 
 
@@ -181,9 +176,7 @@ def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: lis
     items = dict(zip(items, unify_ids(list(items.values())), strict=True))
 
     defining = ("base", "text") if base is not None else tuple(items)
-    user_map = IdMap(
-        "user", _sorted_unique([column for key, column in users.items() if base is None or key == "base"])
-    )
+    user_map = IdMap("user", _sorted_unique([column for key, column in users.items() if base is None or key == "base"]))
     item_map = IdMap("item", _sorted_unique([column for key, column in items.items() if key in defining]))
 
     item_text = None
@@ -191,14 +184,11 @@ def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: lis
         if "text" in items:
             texts = dict(zip(items["text"].tolist(), base.item_text.values(), strict=True))
             item_text = _text_per_item(item_map, texts)
-        base = RawData(
-            base.interactions.assign(user=users["base"], item=items["base"]), base.source, None, base.name
-        )
+        base = RawData(base.interactions.assign(user=users["base"], item=items["base"]), base.source, None, base.name)
     if files is not None:
         files.train = dataclasses.replace(files.train, **_file_ids(users, items, "train"))
         files.evaluation = {
-            name: dataclasses.replace(part, **_file_ids(users, items, name))
-            for name, part in files.evaluation.items()
+            name: dataclasses.replace(part, **_file_ids(users, items, name)) for name, part in files.evaluation.items()
         }
         if files.cold_items is not None:
             files.cold_items = items["cold"]
@@ -288,6 +278,4 @@ def validate_dataset(dataset: Dataset, split=None) -> None:
         if held_out.candidate_items is not None and len(held_out.candidate_items) == 0:
             raise DataError(f"{dataset.name}: evaluation split {name!r} has no candidate items")
     if dataset.item_text is not None and len(dataset.item_text) != dataset.num_items:
-        raise DataError(
-            f"{dataset.name}: item text covers {len(dataset.item_text)} of {dataset.num_items} items"
-        )
+        raise DataError(f"{dataset.name}: item text covers {len(dataset.item_text)} of {dataset.num_items} items")

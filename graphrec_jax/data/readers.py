@@ -139,13 +139,9 @@ def read_table(
                 skipinitialspace=True,
             )
         except pd.errors.ParserError as error:
-            raise DataError(
-                f"{path} could not be parsed as {file_format}: {error}; check data.separator"
-            ) from None
+            raise DataError(f"{path} could not be parsed as {file_format}: {error}; check data.separator") from None
         except UnicodeDecodeError as error:
-            raise DataError(
-                f"{path} is not valid utf-8 once decompressed ({error.reason}); re-save as utf-8"
-            ) from None
+            raise DataError(f"{path} is not valid utf-8 once decompressed ({error.reason}); re-save as utf-8") from None
         first_line, row_word = 2, "line"  # line 1 is the header
     if table.empty:
         raise DataError(f"{path} has a header but no rows; expected one interaction per row")
@@ -190,8 +186,7 @@ def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
         if fractional.any():
             row = int(np.argmax(fractional))
             raise DataError(
-                f"{where(row, name)}: id {float(values[row])!r} is not an integer; "
-                "ids must be integers or text"
+                f"{where(row, name)}: id {float(values[row])!r} is not an integer; ids must be integers or text"
             )
         return values.astype(np.int64)
     text = column.astype(str).str.strip()
@@ -258,18 +253,14 @@ def read_movielens(folder: Path) -> RawData:
     Item text has the fields "title" and "genres" (comma-separated genre names).
     """
     if not folder.is_dir():
-        raise DataError(
-            f"MovieLens folder {folder} does not exist; set data.path to the folder holding u.data"
-        )
+        raise DataError(f"MovieLens folder {folder} does not exist; set data.path to the folder holding u.data")
     path = require_file(folder / "u.data", "MovieLens ratings file", "data.path must hold u.data")
     text = decode_text(path)
     if not text.strip():
         raise DataError(f"{path} is empty; expected tab-separated lines: user, item, rating, timestamp")
     names = ["user", "item", "rating", "timestamp"]
     try:
-        table = pd.read_csv(
-            io.StringIO(text), sep="\t", header=None, dtype={0: str, 1: str}, skip_blank_lines=False
-        )
+        table = pd.read_csv(io.StringIO(text), sep="\t", header=None, dtype={0: str, 1: str}, skip_blank_lines=False)
     except pd.errors.ParserError as error:
         raise DataError(f"{path}: {error}; expected 4 tab-separated fields per line") from None
     if table.shape[1] != 4:
@@ -387,9 +378,7 @@ def _integer_tokens(path: Path, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     if lengths.max() > 18:
         token = int(np.argmax(lengths))
         line = int(np.searchsorted(newlines, starts[token])) + 1
-        raise DataError(
-            f"{path}, line {line}: an id with {lengths[token]} digits is too long for an integer id"
-        )
+        raise DataError(f"{path}, line {line}: an id with {lengths[token]} digits is too long for an integer id")
     digit_positions = np.flatnonzero(is_digit)
     token_of_digit = np.repeat(np.arange(len(starts)), lengths)
     powers = np.power(np.int64(10), (ends[token_of_digit] - digit_positions).astype(np.int64))
@@ -430,8 +419,7 @@ def unify_ids(columns: list[np.ndarray]) -> list[np.ndarray]:
     columns = [np.asarray(column) for column in columns]
     textual = [column for column in columns if column.dtype.kind not in "iu"]
     all_integers = all(
-        pd.Series(column, dtype=object).astype(str).str.fullmatch(_CANONICAL_INTEGER).all()
-        for column in textual
+        pd.Series(column, dtype=object).astype(str).str.fullmatch(_CANONICAL_INTEGER).all() for column in textual
     )
     if all_integers:
         return [column.astype(np.int64) for column in columns]

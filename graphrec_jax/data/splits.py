@@ -85,9 +85,7 @@ def merge_duplicates(interactions: Interactions, num_items: int, *, source: str)
     return merged, removed
 
 
-def ratio_split(
-    interactions: Interactions, *, test_ratio: float, valid_ratio: float = 0.0, seed: int = 0
-) -> Splits:
+def ratio_split(interactions: Interactions, *, test_ratio: float, valid_ratio: float = 0.0, seed: int = 0) -> Splits:
     """Per user, a random `test_ratio` of their interactions to "test" (and `valid_ratio` to "valid").
 
     Counts are rounded half up per user and capped so that at least one interaction of every
@@ -153,9 +151,7 @@ def temporal_split(interactions: Interactions, *, test_ratio: float, valid_ratio
     return train, evaluation
 
 
-def drop_unseen(
-    train: Interactions, held_out: Interactions, name: str, *, check_items: bool = True
-) -> Interactions:
+def drop_unseen(train: Interactions, held_out: Interactions, name: str, *, check_items: bool = True) -> Interactions:
     """`held_out` without pairs whose user (or, with `check_items`, item) has no training interaction."""
     size = max(int(held_out.users.max(initial=0)), int(train.users.max(initial=0))) + 1
     keep = index_mask(train.users, size)[held_out.users]
@@ -165,10 +161,7 @@ def drop_unseen(
     dropped = int((~keep).sum())
     if dropped:
         what = "user or item" if check_items else "user"
-        warn(
-            f"dropped {dropped} of {len(held_out)} {name!r} interactions whose {what} "
-            "has no training interaction"
-        )
+        warn(f"dropped {dropped} of {len(held_out)} {name!r} interactions whose {what} has no training interaction")
     return held_out.subset(keep)
 
 
@@ -202,9 +195,7 @@ def cold_item_split(
     """
     cold_items = np.asarray(cold_items, dtype=np.int32)
     is_cold = index_mask(cold_items, num_items)[interactions.items]
-    train, warm = ratio_split(
-        interactions.subset(~is_cold), test_ratio=test_ratio, valid_ratio=valid_ratio, seed=seed
-    )
+    train, warm = ratio_split(interactions.subset(~is_cold), test_ratio=test_ratio, valid_ratio=valid_ratio, seed=seed)
     warm_items = np.flatnonzero(~index_mask(cold_items, num_items)).astype(np.int32)
     evaluation = {name: EvalSplit(split.interactions, warm_items) for name, split in warm.items()}
     evaluation["warm"] = evaluation.pop("test")
@@ -240,6 +231,4 @@ def split_interactions(
             valid_ratio=valid_ratio,
             seed=seed,
         )
-    raise DataError(
-        f"data.split.method={method!r} is not one of 'ratio', 'leave_one_out', 'temporal', 'cold_item'"
-    )
+    raise DataError(f"data.split.method={method!r} is not one of 'ratio', 'leave_one_out', 'temporal', 'cold_item'")

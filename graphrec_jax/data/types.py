@@ -114,9 +114,7 @@ class Interactions:
         self.users = np.asarray(self.users, dtype=np.int32)
         self.items = np.asarray(self.items, dtype=np.int32)
         if self.users.shape != self.items.shape or self.users.ndim != 1:
-            raise ValueError(
-                f"users {self.users.shape} and items {self.items.shape} must be equal 1-D shapes"
-            )
+            raise ValueError(f"users {self.users.shape} and items {self.items.shape} must be equal 1-D shapes")
         if self.ratings is not None:
             self.ratings = np.asarray(self.ratings, dtype=np.float32)
         if self.timestamps is not None:
