@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.kernels import csr_matmul, csr_matmul_rows, native_available, top_k_scores
 
 NUM_USERS, NUM_ITEMS = 29_858, 40_981
@@ -197,4 +198,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     main()

@@ -31,6 +31,7 @@ from graphrec_jax.config import default_config
 from graphrec_jax.data.prepare import prepare_dataset
 from graphrec_jax.evaluation import csr_by_user, evaluate_split
 from graphrec_jax.graph import build_interaction_graph
+from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.model import build_model
 from graphrec_jax.sampling import TripleSampler, iterate_batches, num_batches
 
@@ -137,6 +138,7 @@ def main() -> None:
         "devices": [str(device) for device in jax.local_devices()],
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
     }
     print(json.dumps({"args": vars(args), "data": info, "env": environment}), flush=True)
     print(f"setup {setup_seconds:.2f}s", flush=True)
@@ -258,4 +260,5 @@ def _backend(aggregation: str) -> str:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     main()

@@ -8,6 +8,7 @@ The last line printed is the metrics as JSON.
 import argparse
 
 from graphrec_jax.cli import run_evaluation
+from graphrec_jax.host_memory import use_huge_pages
 
 
 def main() -> None:
@@ -20,4 +21,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.text.item_text import amazon_item_texts, parse_fields, read_texts_file
 from graphrec_jax.text.pretraining import pretrain_mlm
 
@@ -57,4 +58,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     main()

@@ -7,6 +7,7 @@ python scripts/score.py --workdir runs/demo --all-users --k 20 --out recs.json
 import argparse
 
 from graphrec_jax.cli import run_scoring
+from graphrec_jax.host_memory import use_huge_pages
 
 
 def main() -> None:
@@ -31,4 +32,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     main()

@@ -13,6 +13,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from graphrec_jax.cli import run_training
+from graphrec_jax.host_memory import use_huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory for checkpoints and logs.")
@@ -37,4 +38,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    use_huge_pages()  # before any work: re-executes with the malloc tunable
     app.run(main)
