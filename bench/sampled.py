@@ -70,21 +70,24 @@ def train_worker(config, *, epochs: int, max_steps: int = 0, evaluate: bool = Tr
     from graphrec_jax import devices, steps
     from graphrec_jax.config import validate_config
     from graphrec_jax.data.prepare import prepare_dataset
-    from graphrec_jax.train import build_setup, evaluate_model, init_params, make_batch_source
+    from graphrec_jax.train import (
+        build_setup,
+        evaluate_model,
+        init_params,
+        make_batch_source,
+        make_optimizer,
+        make_pmapped_train_step,
+    )
 
     validate_config(config)
     dataset = prepare_dataset(config.data)
     setup = build_setup(config, dataset)
-    optimizer = steps.make_optimizer(config.train)
+    optimizer = make_optimizer(config, setup)
     state = devices.replicate(steps.create_train_state(init_params(setup, config.seed), optimizer))
     source = make_batch_source(config, setup)
     constants = devices.replicate(source.constants(setup.graph, setup.text_features))
     rng = devices.replicate(np.asarray(jax.random.PRNGKey(config.seed)))
-    train_step = jax.pmap(
-        steps.make_train_step(setup.model, optimizer, config.train, num_users=dataset.num_users),
-        axis_name=steps.AXIS,
-        donate_argnums=(0,),
-    )
+    train_step = make_pmapped_train_step(config, setup, optimizer)
     epoch_seconds, epoch_cpu, other_load, step_seconds, losses = [], [], [], [], []
     cpu_started = cpu_snapshot()[1]
     for epoch in range(epochs):

@@ -42,7 +42,7 @@ import jraph
 import numpy as np
 
 from graphrec_jax.graph import ITEM_NODE, node_degrees
-from graphrec_jax.sampling import TripleSampler, iterate_batches, num_batches
+from graphrec_jax.sampling import FullGraphBatches, TripleSampler
 
 BUDGET_MULTIPLE = 256
 MAX_HOPS = 2
@@ -386,7 +386,7 @@ def _round_up(value: int, multiple: int = BUDGET_MULTIPLE) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-class SampledSubgraphBatches:
+class SampledSubgraphBatches(FullGraphBatches):
     """Batches for sampled training: each device's rows come with their padded subgraph.
 
     Same triples and per-process split as `sampling.FullGraphBatches`; each host batch holds,
@@ -419,15 +419,11 @@ class SampledSubgraphBatches:
         node_budget: int = 0,
         edge_budget: int = 0,
     ):
-        self.sampler = sampler
+        super().__init__(
+            sampler, batch_size, num_negatives, num_devices, process_index=process_index, process_count=process_count
+        )
         self.neighbors = neighbors
-        self.batch_size = batch_size
-        self.num_negatives = num_negatives
-        self.num_devices = num_devices
-        self.process_index = process_index
-        self.process_count = process_count
         self.seed = seed
-        self.batches_per_epoch = num_batches(sampler.num_interactions, batch_size)
         rows = max(batch_size // (num_devices * process_count), 1)
         computed = neighbors.budget(rows, num_negatives)
         self.node_budget = node_budget or computed[0]
@@ -445,16 +441,7 @@ class SampledSubgraphBatches:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[dict]:
         """This process's batches of `epoch` from `start_batch` on (host numpy, not jittable)."""
-        triples = self.sampler.sample_epoch(epoch, self.num_negatives)
-        batches = iterate_batches(
-            triples,
-            self.batch_size,
-            self.num_devices,
-            start_batch,
-            process_index=self.process_index,
-            process_count=self.process_count,
-        )
-        for offset, batch in enumerate(batches):
+        for offset, batch in enumerate(super().epoch(epoch, start_batch)):
             yield self.subgraph_batch(batch, epoch, start_batch + offset)
 
     def subgraph_batch(self, batch: dict[str, np.ndarray], epoch: int, batch_index: int) -> dict:

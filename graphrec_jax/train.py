@@ -116,6 +116,29 @@ def initial_params_from(workdir: str | Path, params: dict) -> dict:
     return jax.tree_util.tree_unflatten(treedef, merged)
 
 
+def make_optimizer(config, setup: TrainingSetup):
+    """Adam over the model's parameters, with the text tower's own learning rate when it is fine-tuned."""
+    if setup.text_finetuning is None:
+        return steps.make_optimizer(config.train)
+    return make_finetune_optimizer(config.train.learning_rate, config.model.text.learning_rate)
+
+
+def make_pmapped_train_step(config, setup: TrainingSetup, optimizer):
+    """The train step for `setup`, pmapped over the local devices (its state argument donated)."""
+    finetuning = setup.text_finetuning
+    return jax.pmap(
+        steps.make_train_step(
+            setup.model,
+            optimizer,
+            config.train,
+            num_users=setup.dataset.num_users,
+            text_tower=None if finetuning is None else finetuning.tower,
+        ),
+        axis_name=steps.AXIS,
+        donate_argnums=(0,),
+    )
+
+
 def make_batch_source(config: ml_collections.ConfigDict, setup: TrainingSetup):
     """The batch source `config.sampling.mode` asks for, fed by LightGCN's triple sampler.
 
@@ -230,10 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
     finetuning = setup.text_finetuning
-    if finetuning is None:
-        optimizer = steps.make_optimizer(config.train)
-    else:
-        optimizer = make_finetune_optimizer(config.train.learning_rate, config.model.text.learning_rate)
+    optimizer = make_optimizer(config, setup)
     params = init_params(setup, config.seed)
     state = steps.create_train_state(params, optimizer)
     state = jax.tree.map(np.asarray, state)
@@ -257,17 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     source = make_batch_source(config, setup)
     batches_per_epoch = source.batches_per_epoch
-    train_step = jax.pmap(
-        steps.make_train_step(
-            setup.model,
-            optimizer,
-            config.train,
-            num_users=dataset.num_users,
-            text_tower=None if finetuning is None else finetuning.tower,
-        ),
-        axis_name=steps.AXIS,
-        donate_argnums=(0,),
-    )
+    train_step = make_pmapped_train_step(config, setup, optimizer)
     constants = devices.replicate(source.constants(setup.graph, setup.text_features))
     device_state = devices.replicate(state)
     device_rng = devices.replicate(rng)

@@ -45,22 +45,18 @@ def run(mode: str, num_steps: int):
     """`num_steps` steps of the test config in `mode`: (parameters, losses)."""
     from configs import test as test_config
     from graphrec_jax.data.prepare import prepare_dataset
-    from graphrec_jax.train import build_setup, init_params, make_batch_source
+    from graphrec_jax.train import build_setup, init_params, make_batch_source, make_optimizer, make_pmapped_train_step
 
     config = test_config.get_config()
     config.sampling.mode = mode
     config.sampling.fanouts = "4,3"
     dataset = prepare_dataset(config.data)
     setup = build_setup(config, dataset)
-    optimizer = steps.make_optimizer(config.train)
+    optimizer = make_optimizer(config, setup)
     state = devices.replicate(steps.create_train_state(init_params(setup, config.seed), optimizer))
     source = make_batch_source(config, setup)
     constants = devices.replicate(source.constants(setup.graph, setup.text_features))
-    train_step = jax.pmap(
-        steps.make_train_step(setup.model, optimizer, config.train, num_users=dataset.num_users),
-        axis_name=steps.AXIS,
-        donate_argnums=(0,),
-    )
+    train_step = make_pmapped_train_step(config, setup, optimizer)
     rng = devices.replicate(np.asarray(jax.random.PRNGKey(config.seed)))
     losses = []
     epoch = 0
