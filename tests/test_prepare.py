@@ -251,6 +251,9 @@ def test_missing_path_is_an_error(tmp_path):
         prepare_dataset(_data_config(format="csv"))
     with pytest.raises(DataError, match=r"MovieLens folder .* does not exist"):
         prepare_dataset(_data_config(format="movielens", path=str(tmp_path / "nowhere")))
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=rf"split folder {nowhere} does not exist"):
+        prepare_dataset(_data_config(format="lightgcn", path=str(nowhere), split__method="predefined"))
 
 
 # Real datasets: skipped when ../shared/datasets (or $GRAPHREC_DATASETS) is absent.

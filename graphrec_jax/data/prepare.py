@@ -66,7 +66,8 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     base, cold_raw = _read_base(data_config, path)
     files = None
     if uses_files or file_format == "lightgcn":
-        folder = path if path.is_dir() else path.parent  # split paths are relative to a table's folder
+        # split paths are relative to a table's folder; a missing path is reported as it was given
+        folder = path.parent if path.is_file() else path
         files = read_split_files(folder, split, file_format, integer_ids=file_format == "lightgcn")
     if file_format == "lightgcn" and not uses_files:
         warn(
