@@ -19,12 +19,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 
 import jax
 import numpy as np
+from measure import contended, cpu_snapshot, peak_rss_mib  # bench/measure.py
 
 from graphrec_jax import devices, steps
 from graphrec_jax.config import default_config
@@ -34,27 +34,6 @@ from graphrec_jax.graph import build_interaction_graph
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.model import build_model
 from graphrec_jax.sampling import TripleSampler, iterate_batches, num_batches
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_snapshot():
-    """(wall, own CPU s, machine-wide busy s): detects other load on the machine."""
-    with open("/proc/stat") as handle:
-        values = [int(x) for x in handle.readline().split()[1:]]
-    busy = (values[0] + values[1] + values[2] + values[5] + values[6]) / _CLOCK_TICKS
-    times = os.times()
-    return time.perf_counter(), times.user + times.system, busy
-
-
-def contended(start, stop) -> bool:
-    wall = stop[0] - start[0]
-    other = max(0.0, (stop[2] - start[2]) - (stop[1] - start[1]))
-    return other > max(0.05 * wall * os.cpu_count(), 0.1)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main() -> None:

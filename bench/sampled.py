@@ -23,28 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from measure import cpu_snapshot, peak_rss_mib  # bench/measure.py
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, this process's CPU s, the machine's busy CPU s): tells other jobs' load apart."""
-    with open("/proc/stat") as handle:
-        values = [int(x) for x in handle.readline().split()[1:]]
-    busy = (values[0] + values[1] + values[2] + values[5] + values[6]) / os.sysconf("SC_CLK_TCK")
-    times = os.times()
-    return time.perf_counter(), times.user + times.system, busy
 
 
 def gowalla_config(args, mode: str, prefetch: int):
