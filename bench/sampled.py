@@ -263,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gowalla-dir", type=Path, default=datasets_root() / "lightgcn-gowalla")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--fanouts", default="10,10")
+    parser.add_argument("--fanouts", default="5,5", help="per-hop fanouts of the sampled mode")
     parser.add_argument("--method", default="uniform", choices=["uniform", "importance"])
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--synthetic", default="1000000,3000000,10000000", help="graph sizes; empty to skip")

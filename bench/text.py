@@ -49,7 +49,9 @@ def recipe(dataset_dir: str, encoder: str, epochs: int):
 def encode_throughput(config, dataset) -> dict:
     """Frozen pass over every item's text: a first pass (compiling each length bucket), then a timed one."""
     text = config.model.text
-    encoder = TextEncoder.from_pretrained(text.encoder, max_length=text.max_length, batch_size=text.encode_batch_size)
+    encoder = TextEncoder.from_pretrained(
+        text.encoder, max_length=text.max_length, batch_size=text.encode_batch_size, workers=text.encode_workers
+    )
     texts = join_text_fields(dataset.item_text, parse_fields(config.data.text.item_fields))
     started = time.perf_counter()
     encoder.encode(texts, pooling=text.pooling, progress=False)

@@ -80,6 +80,7 @@ def default_config() -> ml_collections.ConfigDict:
     mtext.finetune_items_per_step = 256  # finetune: items whose text is re-encoded per step and device
     mtext.cache_dir = ""  # empty: ~/.cache/graphrec_jax/text
     mtext.encode_batch_size = 64
+    mtext.encode_workers = 0  # frozen pass: batches in flight, one per host thread; 0: 2 on CPU, 1 elsewhere
 
     config.train = train = ml_collections.ConfigDict()
     train.loss = "bpr"
@@ -170,6 +171,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive("model.num_layers", config.model.num_layers, allow_zero=True)
     _positive("model.text.max_length", config.model.text.max_length)
     _positive("model.text.finetune_items_per_step", config.model.text.finetune_items_per_step)
+    _positive("model.text.encode_batch_size", config.model.text.encode_batch_size)
+    _positive("model.text.encode_workers", config.model.text.encode_workers, allow_zero=True)
     if config.model.text.regime == "finetune" and config.model.fusion == "graph_only":
         raise ConfigError("model.text.regime='finetune' needs a text fusion (text_only, concat, text_node_input)")
     _choice("train.loss", config.train.loss, LOSSES)

@@ -41,6 +41,14 @@ def aggregate(graph: jraph.GraphsTuple, x: jax.Array, *, aggregation: str = "aut
     )
 
 
+def gather_rows(x: jax.Array, indices: jax.Array, *, aggregation: str = "auto") -> jax.Array:
+    """`x[indices]`, `[n, d], [m] -> [m, d]`, on the aggregation's backend (`kernels.take_rows`);
+    float32 tables only take the kernel path, others index directly."""
+    if x.dtype != jax.numpy.float32 or x.ndim != 2:
+        return x[indices]
+    return kernels.take_rows(x, indices, backend=_backend(aggregation))
+
+
 def aggregate_rows(graph: jraph.GraphsTuple, x: jax.Array, rows: jax.Array, *, aggregation: str = "auto"):
     """Rows of `A_hat @ x` only: `x [n_node, d], rows [r] -> [r, d]`."""
     return kernels.csr_matmul_rows(

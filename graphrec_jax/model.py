@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import jraph
 
 from graphrec_jax.graph import ITEM_NODE, csr_offsets
-from graphrec_jax.layers import GCNLayer, gcn_propagate, lightgcn_propagate
+from graphrec_jax.layers import GCNLayer, gather_rows, gcn_propagate, lightgcn_propagate
 
 TEXT_FUSIONS = ("text_only", "concat", "text_node_input")
 
@@ -99,7 +99,7 @@ class RecommenderModel(nn.Module):
         # text features are gathered by full-graph index (see `neighbor_sampling`).
         global_id = graph.nodes.get("global_id") if isinstance(graph.nodes, dict) else None
         if global_id is not None and text_features is not None:
-            text_features = text_features[global_id]
+            text_features = gather_rows(text_features, global_id, aggregation=self.aggregation)
 
         def select(x):
             return x if rows is None else x[rows]
@@ -114,7 +114,7 @@ class RecommenderModel(nn.Module):
             "node_embedding", nn.initializers.normal(self.init_std), (self.num_nodes, self.embedding_dim)
         )
         if global_id is not None:
-            embedding = embedding[global_id]
+            embedding = gather_rows(embedding, global_id, aggregation=self.aggregation)
         if uses_text:
             if global_id is not None:  # in-degrees within a subgraph say nothing about the full graph
                 has_edges = graph.nodes["has_edges"]

@@ -21,7 +21,11 @@ def load_text_encoder(config):
 
     text = config.model.text
     return TextEncoder.from_pretrained(
-        text.encoder, max_length=text.max_length, dtype=text.dtype, batch_size=text.encode_batch_size
+        text.encoder,
+        max_length=text.max_length,
+        dtype=text.dtype,
+        batch_size=text.encode_batch_size,
+        workers=text.encode_workers,
     )
 
 

@@ -16,6 +16,7 @@ from graphrec_jax.kernels import (
     csr_matmul,
     csr_matmul_rows,
     native_available,
+    take_rows,
     top_k_scores,
     unavailable_reason,
 )
@@ -212,6 +213,31 @@ def test_csr_matmul_rows_native_equals_xla_on_exact_data():
         forward(offsets, neighbors, weights, x, rows, backend="xla"),
     )
     np.testing.assert_array_equal(grad("native"), grad("xla"))
+
+
+# ---------------------------------------------------------------------------------- take_rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d", [64, 5])
+def test_take_rows_is_indexing_and_its_gradient_adds_repeats(backend, d):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((30, d)).astype(np.float32)
+    indices = np.array([3, 0, 29, 3, 3, 17, 0], np.int32)
+    g = rng.standard_normal((len(indices), d)).astype(np.float32)
+    np.testing.assert_array_equal(jax.jit(lambda x: take_rows(x, indices, backend=backend))(x), x[indices])
+    expected = np.zeros_like(x)
+    np.add.at(expected, indices, g)
+    loss = lambda x: jnp.sum(take_rows(x, indices, backend=backend) * g)
+    np.testing.assert_allclose(jax.jit(jax.grad(loss))(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+def test_take_rows_native_rejects_out_of_range_indices():
+    with pytest.raises(jax.errors.JaxRuntimeError, match="column index outside"):
+        jax.block_until_ready(take_rows(np.ones((3, 4), np.float32), np.array([0, 3], np.int32), backend="native"))
+    with pytest.raises(ValueError, match="indices must be a int32 array"):
+        take_rows(np.ones((3, 4), np.float32), np.array([0.0, 1.0], np.float32))
 
 
 # ------------------------------------------------------------------------------- top_k_scores

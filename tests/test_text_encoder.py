@@ -88,6 +88,29 @@ def test_batches_use_length_buckets(encoder):
     assert encoder.num_model_calls - calls_before == -(-len(TEXTS) // encoder.batch_size)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_encode_is_the_same_for_any_number_of_workers(encoder, workers):
+    texts = TEXTS * 3  # 7 batches of 3: threads finish out of order
+    parallel = TextEncoder(
+        encoder.config, encoder.params, encoder.tokenizer, max_length=24, batch_size=3, workers=workers
+    )
+    vectors = parallel.encode(texts, pooling="mean", progress=True)
+    np.testing.assert_allclose(vectors, _direct(encoder, texts, "mean"), atol=2e-5)
+    assert parallel.num_model_calls == -(-len(texts) // 3)
+
+
+def test_cpu_encoding_compiles_with_its_xla_options(encoder):
+    from graphrec_jax.text import encoder as encoder_module
+
+    compiled = encoder_module._embed_function(jax.devices("cpu")[0])
+    if compiled is encoder_module._compiled_embed:
+        pytest.skip(f"this XLA rejects {encoder_module.CPU_COMPILER_OPTIONS} (encode falls back to its defaults)")
+    tokens = encoder.tokenize(TEXTS)
+    ids, mask = jnp.asarray(tokens["input_ids"]), jnp.asarray(tokens["attention_mask"])
+    text = compiled.lower(encoder.params, ids, mask, module=encoder.module, pooling="mean").compile().as_text()
+    assert "ynn" not in text.lower()
+
+
 def test_normalize_gives_unit_rows(encoder):
     vectors = encoder.encode(TEXTS, pooling="mean", normalize=True)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
@@ -122,6 +145,8 @@ def test_bad_arguments_raise(encoder, tmp_path):
         encoder.encode(["red"], pooling="max")
     with pytest.raises(ValueError, match="max_length=100"):
         TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=100)
+    with pytest.raises(ValueError, match="workers=-1"):
+        TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=24, workers=-1)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         TextEncoder.from_pretrained(tmp_path / "absent")
 
@@ -145,3 +170,12 @@ def test_minilm_mean_embeddings_are_semantic():
     )
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > similarity[0, 2] and similarity[0, 1] > similarity[1, 2]
+
+
+def test_config_rejects_negative_encode_workers():
+    from graphrec_jax.config import ConfigError, default_config, validate_config
+
+    config = default_config()
+    config.model.text.encode_workers = -1
+    with pytest.raises(ConfigError, match="model.text.encode_workers"):
+        validate_config(config)
