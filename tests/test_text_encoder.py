@@ -147,6 +147,8 @@ def test_bad_arguments_raise(encoder, tmp_path):
         TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=100)
     with pytest.raises(ValueError, match="workers=-1"):
         TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=24, workers=-1)
+    with pytest.raises(ValueError, match="workers=1.5"):
+        TextEncoder(encoder.config, encoder.params, encoder.tokenizer, max_length=24, workers=1.5)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
         TextEncoder.from_pretrained(tmp_path / "absent")
 

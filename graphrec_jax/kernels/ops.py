@@ -265,15 +265,15 @@ def csr_matmul_rows(
 # -------------------------------------------------------------------------------- take_rows
 
 
-def _identity_csr(indices: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(offsets `[m + 1]`, weights `[m]`, rows `[m]`): row i of the CSR holds entry i alone."""
+def _identity_csr(indices: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(offsets `[m + 1]`, weights `[m]`): row i of the CSR holds entry i alone, weight 1."""
     m = indices.shape[0]
-    return jnp.arange(m + 1, dtype=jnp.int32), jnp.ones((m,), jnp.float32), jnp.arange(m, dtype=jnp.int32)
+    return jnp.arange(m + 1, dtype=jnp.int32), jnp.ones((m,), jnp.float32)
 
 
 def _take_native(x, indices):
-    offsets, weights, rows = _identity_csr(indices)
-    return _rows_native(offsets, indices, weights, x, rows)
+    offsets, weights = _identity_csr(indices)
+    return _spmm_native(offsets, indices, weights, x)
 
 
 def _take_xla(x, indices):
@@ -281,8 +281,8 @@ def _take_xla(x, indices):
 
 
 def _take_scatter_native(n, indices, y_bar):
-    offsets, weights, rows = _identity_csr(indices)
-    return _scatter_rows_native(n, offsets, indices, weights, rows, y_bar)
+    offsets, weights = _identity_csr(indices)
+    return _scatter_rows_native(n, offsets, indices, weights, offsets[:-1], y_bar)
 
 
 def _take_scatter_xla(n, indices, y_bar):
@@ -311,8 +311,8 @@ def take_rows(x: jax.Array, indices: jax.Array, *, backend: str = "auto") -> jax
     """`x[indices]`: rows of a table, `x [n, d], indices [m] -> [m, d]`.
 
     XLA's CPU gather and its scatter-add gradient run on one thread at about 2 GB/s; the
-    native path is the `csr_matmul_rows` kernel over a one-entry-per-row CSR (parallel, with
-    prefetching) and its gradient the kernel's deterministic scatter. Sampled training
+    native path is the `csr_matmul` kernel over a one-entry-per-row CSR (parallel, with
+    prefetching) and its gradient `csr_matmul_rows`' deterministic scatter. Sampled training
     gathers every subgraph node's layer-0 row this way.
 
     Args:

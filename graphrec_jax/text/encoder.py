@@ -72,17 +72,19 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 # Batches kept in flight by encode() on CPU when workers=0.
 _CPU_WORKERS = 2
 
+
+def _jit_embed(compiler_options: dict[str, Any] | None = None):
+    return jax.jit(embed, static_argnames=("module", "pooling", "deterministic"), compiler_options=compiler_options)
+
+
 # One compilation per (module, pooling, input shape), shared by every encoder: modules
 # compare by value, so two encoders of the same architecture reuse each other's programs.
-_compiled_embed = jax.jit(embed, static_argnames=("module", "pooling", "deterministic"))
+_compiled_embed = _jit_embed()
 
 
 @functools.cache
 def _cpu_compiled_embed():
     """`_compiled_embed` with `CPU_COMPILER_OPTIONS`, or the plain one where this XLA lacks them."""
-    compiled = jax.jit(
-        embed, static_argnames=("module", "pooling", "deterministic"), compiler_options=CPU_COMPILER_OPTIONS
-    )
     try:  # an XLA without the option rejects it when compiling
         jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS)(jnp.zeros(1, jnp.float32))
     except Exception as error:
@@ -90,7 +92,7 @@ def _cpu_compiled_embed():
             f"XLA CPU option {CPU_COMPILER_OPTIONS} unavailable ({error}); encoding with defaults", stacklevel=3
         )
         return _compiled_embed
-    return compiled
+    return _jit_embed(CPU_COMPILER_OPTIONS)
 
 
 def _embed_function(device: jax.Device):
@@ -153,7 +155,7 @@ class TextEncoder:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be positive")
-        if workers < 0:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers={workers} must be 0 (automatic) or a positive number of threads")
         self.config = config
         self.params = params
