@@ -5,9 +5,12 @@
     python bench/lightgcn.py --data ../shared/datasets/lightgcn-gowalla --epochs 3 --eval-every 1 --out gowalla.json
 
 Protocol: dim 64, 3 layers, N(0, 0.1) init, Adam lr 1e-3, batch 2048, one uniform
-(user, positive, negative) triple per training interaction per epoch, loss =
-mean softplus(neg - pos) + 1e-4 * 0.5 * (||u0||^2 + ||p0||^2 + ||n0||^2) / B, full propagation
-for every batch, full-ranking Recall@20 / NDCG@20 with training items masked.
+(user, positive, negative) triple per training interaction per epoch (negatives uniform over
+all items), loss = mean softplus(neg - pos) + 1e-4 * 0.5 * (||u0||^2 + ||p0||^2 + ||n0||^2) / B,
+full propagation for every batch, full-ranking Recall@20 / NDCG@20 with training items masked.
+
+It trains with the library's own run and loop (`training.run.build_run`, `training.loop.train_loop`),
+the ones `scripts/train.py` runs, with benchmark hooks for timing; no checkpoints are written.
 
 Prints one line per epoch, then `SUMMARY {json}` with median_epoch_train_s, median_eval_s,
 final_recall, final_ndcg and peak_rss_mib (the keys the reference prints).
@@ -26,14 +29,121 @@ import jax
 import numpy as np
 from measure import contended, cpu_snapshot, peak_rss_mib  # bench/measure.py
 
-from graphrec_jax import devices, steps
 from graphrec_jax.config import default_config
-from graphrec_jax.data.prepare import prepare_dataset
-from graphrec_jax.evaluation import csr_by_user, evaluate_split
-from graphrec_jax.graph import build_interaction_graph
 from graphrec_jax.host_memory import use_huge_pages
-from graphrec_jax.model import build_model
-from graphrec_jax.sampling import TripleSampler, iterate_batches, num_batches
+from graphrec_jax.kernels import BACKENDS
+from graphrec_jax.training import hooks
+from graphrec_jax.training.loop import Hook, train_loop
+from graphrec_jax.training.run import build_run
+
+
+def protocol_config(args):
+    """The LightGCN protocol as a run config."""
+    config = default_config()
+    config.seed = args.seed
+    config.data.format = "lightgcn"
+    config.data.path = args.data
+    config.data.split.method = "predefined"
+    config.model.embedding_dim = args.dim
+    config.model.num_layers = args.layers
+    config.model.init_std = 0.1
+    config.model.aggregation = args.aggregation
+    config.train.batch_size = args.batch
+    config.train.learning_rate = args.lr
+    config.train.l2_weight = args.decay
+    config.train.negative_items = "all"
+    config.train.num_epochs = args.epochs
+    config.train.eval_every_epochs = args.eval_every
+    config.train.progress_bar = False
+    config.sampling.prefetch_batches = args.prefetch
+    config.eval.k = args.topk
+    config.eval.user_chunk_size = args.eval_chunk
+    return config
+
+
+class BenchmarkLog(Hook):
+    """Times every epoch and evaluation, notes other jobs' CPU load, prints a line per epoch, and
+    stops at a target recall or a time budget."""
+
+    def __init__(self, args):
+        self.args = args
+        self.epochs: list[dict] = []
+        self.evaluations: list[dict] = []
+        self.run_started = 0.0
+
+    def on_start(self, loop):
+        self.run_started = time.perf_counter()
+
+    def on_epoch_start(self, loop):
+        self.cpu_before = cpu_snapshot()
+
+    def after_step(self, loop, metrics):
+        done = loop.step - loop.epoch * loop.batches_per_epoch
+        if self.args.max_batches and done >= self.args.max_batches:
+            loop.end_epoch = True
+
+    def on_epoch_end(self, loop):
+        # After LossMonitor and EpochTimer, before Evaluation: the budget check must come first,
+        # so that the evaluation sees the stop request and evaluates once more.
+        record = loop.record
+        batches = loop.step - max(loop.epoch * loop.batches_per_epoch, loop.start_step)
+        entry = {
+            "epoch": loop.epoch + 1,
+            "train_s": record["epoch_seconds"],
+            "n_batches": batches,
+            "loss": record["loss"],
+            "contended": contended(self.cpu_before, cpu_snapshot()),
+        }
+        if batches < loop.batches_per_epoch:
+            entry["extrapolated_train_s"] = record["epoch_seconds"] / batches * loop.batches_per_epoch
+        self.epochs.append(entry)
+        self.eval_cpu_before = cpu_snapshot()
+        budget = self.args.time_budget_s
+        if budget > 0 and time.perf_counter() - self.run_started >= budget:
+            loop.stop = True
+            print(f"time budget of {budget:.0f}s spent at epoch {loop.epoch + 1}", flush=True)
+
+
+class EvaluationLog(Hook):
+    """After `Evaluation`: notes the figures and prints the epoch's line."""
+
+    def __init__(self, log: BenchmarkLog, topk: int):
+        self.log = log
+        self.topk = topk
+
+    def on_epoch_end(self, loop):
+        entry = self.log.epochs[-1]
+        line = (
+            f"epoch {entry['epoch']:4d} train {entry['train_s']:8.3f}s ({entry['n_batches']} batches "
+            f"{entry['train_s'] / entry['n_batches'] * 1000:.1f} ms/batch) loss {entry['loss']:.5f}"
+        )
+        if "extrapolated_train_s" in entry:
+            line += f" [partial epoch; extrapolated full epoch {entry['extrapolated_train_s']:.1f}s]"
+        evaluated = "metrics" in loop.record
+        if evaluated:
+            metrics = loop.record["metrics"]
+            evaluation = {
+                "epoch": entry["epoch"],
+                "recall": metrics[f"test/recall@{self.topk}"],
+                "ndcg": metrics[f"test/ndcg@{self.topk}"],
+                "precision": metrics[f"test/precision@{self.topk}"],
+                "n_test_users": metrics["test/num_users"],
+                "eval_s": loop.record["eval_seconds_total"],
+                "contended": contended(self.log.eval_cpu_before, cpu_snapshot()),
+            }
+            self.log.evaluations.append(evaluation)
+            line += (
+                f" | eval {evaluation['eval_s']:.3f}s recall@{self.topk} {evaluation['recall']:.5f} "
+                f"ndcg@{self.topk} {evaluation['ndcg']:.5f}"
+            )
+        line += f" | peakRSS {peak_rss_mib():.0f} MiB"
+        if entry["contended"] or (evaluated and self.log.evaluations[-1]["contended"]):
+            line += " CONTENDED"
+        print(line, flush=True)
+        target = self.log.args.target_recall
+        if evaluated and target > 0 and self.log.evaluations[-1]["recall"] >= target:
+            print(f"reached Recall@{self.topk} {target} at epoch {entry['epoch']}", flush=True)
+            loop.stop = True
 
 
 def main() -> None:
@@ -50,7 +160,13 @@ def main() -> None:
     parser.add_argument("--decay", type=float, default=1e-4)
     parser.add_argument("--topk", type=int, default=20)
     parser.add_argument("--eval-chunk", type=int, default=2048, help="users per ranking call")
-    parser.add_argument("--aggregation", default="auto", choices=["auto", "native", "segment_sum"])
+    parser.add_argument("--aggregation", default="auto", choices=BACKENDS)
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=default_config().sampling.prefetch_batches,
+        help="batches a host thread prepares ahead (sampling.prefetch_batches)",
+    )
     parser.add_argument(
         "--max-batches",
         type=int,
@@ -70,38 +186,9 @@ def main() -> None:
     args = parser.parse_args()
 
     setup_started = time.perf_counter()
-    config = default_config()
-    config.seed = args.seed
-    config.data.format = "lightgcn"
-    config.data.path = args.data
-    config.data.split.method = "predefined"
-    config.model.embedding_dim = args.dim
-    config.model.num_layers = args.layers
-    config.model.init_std = 0.1
-    config.model.aggregation = args.aggregation
-    config.train.batch_size = args.batch
-    config.train.learning_rate = args.lr
-    config.train.l2_weight = args.decay
-    dataset = prepare_dataset(config.data)
-    graph = build_interaction_graph(dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items)
-    model = build_model(config.model, dataset.num_users + dataset.num_items)
-    optimizer = steps.make_optimizer(config.train)
-    params = jax.jit(model.init)(jax.random.PRNGKey(args.seed), graph)["params"]
-    state = devices.replicate(steps.create_train_state(params, optimizer))
-    constants = devices.replicate({"graph": graph})
-    key = devices.replicate(np.asarray(jax.random.PRNGKey(args.seed)))
-    train_step = jax.pmap(
-        steps.make_train_step(model, optimizer, config.train, num_users=dataset.num_users),
-        axis_name=steps.AXIS,
-        donate_argnums=(0,),
-    )
-    representations = jax.jit(steps.make_representation_fn(model))
-    sampler = TripleSampler(
-        dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items, seed=args.seed
-    )
-    train_by_user = csr_by_user(dataset.train, dataset.num_users)
-    num_devices = devices.num_local_devices()
-    full_batches = num_batches(sampler.num_interactions, args.batch)
+    config = protocol_config(args)
+    run = build_run(config)
+    dataset = run.setup.dataset
     setup_seconds = time.perf_counter() - setup_started
     info = {
         "dataset": os.path.abspath(args.data),
@@ -109,7 +196,7 @@ def main() -> None:
         "n_items": dataset.num_items,
         "n_train": len(dataset.train),
         "n_test": len(dataset.evaluation["test"].interactions),
-        "batches_per_epoch": full_batches,
+        "batches_per_epoch": run.batches_per_epoch,
     }
     environment = {
         "python": sys.version.split()[0],
@@ -122,91 +209,25 @@ def main() -> None:
     print(json.dumps({"args": vars(args), "data": info, "env": environment}), flush=True)
     print(f"setup {setup_seconds:.2f}s", flush=True)
 
-    epochs, evaluations = [], []
-    run_started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        before = cpu_snapshot()
-        started = time.perf_counter()
-        triples = sampler.sample_epoch(epoch - 1)
-        sample_seconds = time.perf_counter() - started
-        batch_started = time.perf_counter()
-        batch_count = 0
-        loss_values = []
-        for batch in iterate_batches(triples, args.batch, num_devices):
-            if args.max_batches and batch_count == args.max_batches:
-                break
-            state, metrics = train_step(state, {**devices.shard(batch), **constants}, key)
-            loss_values.append(metrics["loss"])
-            batch_count += 1
-        loss = float(np.mean([np.asarray(value)[0] for value in loss_values]))  # waits for the last step
-        batch_seconds = time.perf_counter() - batch_started
-        train_seconds = time.perf_counter() - started
-        record = {
-            "epoch": epoch,
-            "train_s": train_seconds,
-            "sample_s": sample_seconds,
-            "batches_s": batch_seconds,
-            "n_batches": batch_count,
-            "loss": loss,
-            "contended": contended(before, cpu_snapshot()),
-        }
-        if batch_count < full_batches:
-            record["extrapolated_train_s"] = sample_seconds + batch_seconds / batch_count * full_batches
-        epochs.append(record)
-        line = (
-            f"epoch {epoch:4d} train {train_seconds:8.3f}s (sample {sample_seconds:.3f}s, {batch_count} batches "
-            f"{batch_seconds / batch_count * 1000:.1f} ms/batch) loss {loss:.5f}"
-        )
-        if "extrapolated_train_s" in record:
-            line += f" [partial epoch; extrapolated full epoch {record['extrapolated_train_s']:.1f}s]"
-        out_of_time = args.time_budget_s > 0 and time.perf_counter() - run_started >= args.time_budget_s
-        if args.eval_every > 0 and (epoch % args.eval_every == 0 or epoch == args.epochs or out_of_time):
-            before_eval = cpu_snapshot()
-            eval_started = time.perf_counter()
-            params = devices.unreplicate(state.params)
-            values = representations(params, graph)
-            metrics = evaluate_split(
-                values[: dataset.num_users],
-                values[dataset.num_users :],
-                dataset.evaluation["test"],
-                train_by_user,
-                [args.topk],
-                chunk_size=args.eval_chunk,
-                backend=_backend(args.aggregation),
-            )
-            evaluation = {
-                "epoch": epoch,
-                "recall": metrics[f"recall@{args.topk}"],
-                "ndcg": metrics[f"ndcg@{args.topk}"],
-                "precision": metrics[f"precision@{args.topk}"],
-                "n_test_users": metrics["num_users"],
-                "eval_s": time.perf_counter() - eval_started,
-                "contended": contended(before_eval, cpu_snapshot()),
-            }
-            evaluations.append(evaluation)
-            line += (
-                f" | eval {evaluation['eval_s']:.3f}s recall@{args.topk} {evaluation['recall']:.5f} "
-                f"ndcg@{args.topk} {evaluation['ndcg']:.5f}"
-            )
-        line += f" | peakRSS {peak_rss_mib():.0f} MiB"
-        if record["contended"] or (evaluations and evaluations[-1]["epoch"] == epoch and evaluations[-1]["contended"]):
-            line += " CONTENDED"
-        print(line, flush=True)
-        reached = evaluations and evaluations[-1]["epoch"] == epoch and args.target_recall > 0
-        if reached and evaluations[-1]["recall"] >= args.target_recall:
-            print(f"reached Recall@{args.topk} {args.target_recall} at epoch {epoch}", flush=True)
-            break
-        if out_of_time:
-            print(f"time budget of {args.time_budget_s:.0f}s spent at epoch {epoch}", flush=True)
-            break
+    log = BenchmarkLog(args)
+    # The loss is read once an epoch, as the reference does: no mid-epoch waits for the device.
+    loop_hooks = [
+        hooks.LossMonitor(every_steps=run.batches_per_epoch),
+        hooks.EpochTimer(),
+        log,
+        hooks.Evaluation(args.eval_every),
+        EvaluationLog(log, args.topk),
+    ]
+    train_loop(run, num_epochs=args.epochs, hooks=loop_hooks)
 
+    epochs, evaluations = log.epochs, log.evaluations
     train_times = [record.get("extrapolated_train_s", record["train_s"]) for record in epochs]
     clean = [value for value, record in zip(train_times, epochs, strict=True) if not record["contended"]]
     summary = {
         "median_epoch_train_s": float(np.median(train_times)),
         "median_epoch_train_s_uncontended": float(np.median(clean)) if clean else None,
         "contended_epochs": sum(record["contended"] for record in epochs),
-        "median_ms_per_batch": float(np.median([r["batches_s"] / r["n_batches"] * 1000 for r in epochs])),
+        "median_ms_per_batch": float(np.median([r["train_s"] / r["n_batches"] * 1000 for r in epochs])),
         "median_eval_s": float(np.median([e["eval_s"] for e in evaluations])) if evaluations else None,
         "final_recall": evaluations[-1]["recall"] if evaluations else None,
         "final_ndcg": evaluations[-1]["ndcg"] if evaluations else None,
@@ -214,8 +235,8 @@ def main() -> None:
         "best_ndcg": max(e["ndcg"] for e in evaluations) if evaluations else None,
         "peak_rss_mib": peak_rss_mib(),
         "epochs_run": len(epochs),
-        "wall_s": time.perf_counter() - run_started,
-        "partial_epochs": bool(args.max_batches and args.max_batches < full_batches),
+        "wall_s": time.perf_counter() - log.run_started,
+        "partial_epochs": bool(args.max_batches and args.max_batches < run.batches_per_epoch),
     }
     print("SUMMARY " + json.dumps(summary), flush=True)
     with open(args.out, "w") as handle:
@@ -232,10 +253,6 @@ def main() -> None:
             handle,
             indent=1,
         )
-
-
-def _backend(aggregation: str) -> str:
-    return {"auto": "auto", "native": "native", "segment_sum": "xla"}[aggregation]
 
 
 if __name__ == "__main__":

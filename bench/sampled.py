@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from measure import cpu_snapshot, peak_rss_mib  # bench/measure.py
 
+from graphrec_jax.training.loop import Hook
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -50,76 +52,76 @@ def gowalla_config(args, mode: str, prefetch: int):
     return config
 
 
-def train_worker(config, *, epochs: int, max_steps: int = 0, evaluate: bool = True) -> dict:
-    """Trains like `train.train_and_evaluate` without checkpoints; times every epoch."""
-    import jax
+class EpochCpu(Hook):
+    """A benchmark hook: per-epoch wall and CPU time, other jobs' load, and (with `max_steps`)
+    the wall and CPU time of single steps, each waited for."""
 
-    from graphrec_jax import devices, steps
-    from graphrec_jax.config import validate_config
-    from graphrec_jax.data.prepare import prepare_dataset
-    from graphrec_jax.train import (
-        build_setup,
-        evaluate_model,
-        init_params,
-        make_batch_source,
-        make_optimizer,
-        make_pmapped_train_step,
-    )
+    def __init__(self, max_steps: int = 0):
+        self.max_steps = max_steps
+        self.epoch_seconds, self.epoch_cpu, self.other_load, self.step_seconds = [], [], [], []
+        self.cpu_started = cpu_snapshot()[1]
+        self.loss = float("nan")
 
-    validate_config(config)
-    dataset = prepare_dataset(config.data)
-    setup = build_setup(config, dataset)
-    optimizer = make_optimizer(config, setup)
-    state = devices.replicate(steps.create_train_state(init_params(setup, config.seed), optimizer))
-    source = make_batch_source(config, setup)
-    constants = devices.replicate(source.constants(setup.graph, setup.text_features))
-    rng = devices.replicate(np.asarray(jax.random.PRNGKey(config.seed)))
-    train_step = make_pmapped_train_step(config, setup, optimizer)
-    epoch_seconds, epoch_cpu, other_load, step_seconds, losses = [], [], [], [], []
-    cpu_started = cpu_snapshot()[1]
-    for epoch in range(epochs):
-        before = cpu_snapshot()
-        started = last = time.perf_counter()
-        for index, batch in enumerate(source.epoch(epoch)):
-            if max_steps and index == max_steps:
-                break
-            state, metrics = train_step(state, {**devices.shard(batch), **constants}, rng)
-            if max_steps:  # timing single steps (waiting for the batch included): wait for each
-                jax.block_until_ready(metrics)
-                step_seconds.append(time.perf_counter() - last)
-                last = time.perf_counter()
-                if index == 2:  # compiled and warm: start counting CPU time
-                    cpu_started = cpu_snapshot()[1]
-            losses.append(metrics["loss"])
-        loss = float(np.asarray(losses[-1])[0])
-        epoch_seconds.append(time.perf_counter() - started)
+    def on_epoch_start(self, loop):
+        self.before = cpu_snapshot()
+        self.last = time.perf_counter()
+
+    def after_step(self, loop, metrics):
+        if not self.max_steps:
+            return
+        import jax
+
+        jax.block_until_ready(metrics)  # timing single steps (waiting for the batch included)
+        self.step_seconds.append(time.perf_counter() - self.last)
+        self.last = time.perf_counter()
+        if len(self.step_seconds) == 3:  # compiled and warm: start counting CPU time
+            self.cpu_started = cpu_snapshot()[1]
+        if len(self.step_seconds) == self.max_steps:
+            loop.end_epoch = True
+
+    def on_epoch_end(self, loop):
         after = cpu_snapshot()
-        epoch_cpu.append(after[1] - before[1])
-        other_load.append(max(0.0, (after[2] - before[2]) - epoch_cpu[-1]) / (after[0] - before[0]))
+        self.epoch_seconds.append(loop.record["epoch_seconds"])
+        self.epoch_cpu.append(after[1] - self.before[1])
+        self.other_load.append(max(0.0, (after[2] - self.before[2]) - self.epoch_cpu[-1]) / (after[0] - self.before[0]))
+        self.loss = loop.record["loss"]
         print(
-            f"  epoch {epoch + 1}: {epoch_seconds[-1]:.1f}s (cpu {epoch_cpu[-1]:.1f}s, other jobs "
-            f"{other_load[-1]:.2f} cores) loss {loss:.4f} rss {peak_rss_mib():.0f} MiB",
+            f"  epoch {loop.epoch + 1}: {self.epoch_seconds[-1]:.1f}s (cpu {self.epoch_cpu[-1]:.1f}s, other jobs "
+            f"{self.other_load[-1]:.2f} cores) loss {self.loss:.4f} rss {peak_rss_mib():.0f} MiB",
             flush=True,
         )
+
+
+def train_worker(config, *, epochs: int, max_steps: int = 0, evaluate: bool = True, dataset=None) -> dict:
+    """Trains with the library's run and loop (no checkpoints); times every epoch."""
+    from graphrec_jax.training import hooks
+    from graphrec_jax.training.loop import train_loop
+    from graphrec_jax.training.run import build_run
+
+    run = build_run(config, dataset)
+    timer = EpochCpu(max_steps)
+    loop_hooks = [hooks.LossMonitor(run.batches_per_epoch), hooks.EpochTimer(), timer]
+    train_loop(run, num_epochs=epochs, hooks=loop_hooks)
     result = {
-        "batches_per_epoch": source.batches_per_epoch,
-        "epoch_s": float(np.median(epoch_seconds)),
-        "epoch_cpu_s": float(np.median(epoch_cpu)),
-        "other_load_cores": float(np.median(other_load)),
-        "epoch_seconds": epoch_seconds,
-        "loss": loss,
+        "batches_per_epoch": run.batches_per_epoch,
+        "epoch_s": float(np.median(timer.epoch_seconds)),
+        "epoch_cpu_s": float(np.median(timer.epoch_cpu)),
+        "other_load_cores": float(np.median(timer.other_load)),
+        "epoch_seconds": timer.epoch_seconds,
+        "loss": timer.loss,
     }
     if max_steps:
-        result["step_s"] = float(np.median(step_seconds[3:] or step_seconds))
+        result["step_s"] = float(np.median(timer.step_seconds[3:] or timer.step_seconds))
         # CPU seconds per step, host work included: robust to other jobs on the machine
-        result["step_cpu_s"] = (cpu_snapshot()[1] - cpu_started) / max(len(step_seconds) - 3, 1)
+        result["step_cpu_s"] = (cpu_snapshot()[1] - timer.cpu_started) / max(len(timer.step_seconds) - 3, 1)
     if evaluate:
         started = time.perf_counter()
-        metrics = evaluate_model(config, setup, devices.unreplicate(state.params))
+        metrics = run.evaluate()
         result.update(
             recall=metrics["test/recall@20"], ndcg=metrics["test/ndcg@20"], eval_s=time.perf_counter() - started
         )
     result["peak_rss_mib"] = peak_rss_mib()
+    result["run"] = run
     return result
 
 
@@ -146,59 +148,41 @@ def synthetic_worker(args, num_interactions: int) -> dict:
     """Sampled training steps on a generated graph: peak RSS, step time, the graph's own bytes."""
     import jax
 
-    from graphrec_jax import devices, steps
     from graphrec_jax.config import default_config
-    from graphrec_jax.graph import build_interaction_graph
-    from graphrec_jax.model import build_model
-    from graphrec_jax.neighbor_sampling import NeighborSampler, SampledSubgraphBatches
-    from graphrec_jax.prefetch import PrefetchedBatches
-    from graphrec_jax.sampling import TripleSampler
+    from graphrec_jax.data.types import Dataset, IdMap, Interactions
 
     started = time.perf_counter()
     num_users, num_items, users, items = power_law_interactions(num_interactions, args.seed)
-    config = default_config()
-    config.model.num_layers = len(args.fanouts.split(","))
-    graph = build_interaction_graph(num_users, num_items, users, items)
-    graph_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(graph))
-    model = build_model(config.model, num_users + num_items)
-    sampler = TripleSampler(num_users, num_items, users, items, seed=args.seed)
-    neighbors = NeighborSampler(graph, num_users, [int(f) for f in args.fanouts.split(",")])
-    source = SampledSubgraphBatches(sampler, neighbors, 2048, 1, devices.num_local_devices())
-    source = PrefetchedBatches(source, 2)
-    optimizer = steps.make_optimizer(config.train)
-    rng = jax.random.PRNGKey(0)
-    params = {"node_embedding": np.asarray(jax.random.normal(rng, (num_users + num_items, 64)) * 0.1, np.float32)}
-    state = devices.replicate(steps.create_train_state(params, optimizer))
-    constants = devices.replicate(source.constants())
-    train_step = jax.pmap(
-        steps.make_train_step(model, optimizer, config.train, num_users=num_users),
-        axis_name=steps.AXIS,
-        donate_argnums=(0,),
+    dataset = Dataset(
+        user_map=IdMap("user", np.arange(num_users)),
+        item_map=IdMap("item", np.arange(num_items)),
+        train=Interactions(users, items),
+        evaluation={},
+        name="power-law",
     )
-    device_rng = devices.replicate(np.asarray(rng))
-    setup_seconds = time.perf_counter() - started
-    times = []
-    last = time.perf_counter()
-    for index, batch in enumerate(source.epoch(0)):
-        if index == args.synthetic_steps:
-            break
-        state, metrics = train_step(state, {**devices.shard(batch), **constants}, device_rng)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - last)  # the wait for the next batch included
-        last = time.perf_counter()
-    step = float(np.median(times[3:] or times))
+    config = default_config()
+    config.seed = args.seed
+    config.sampling.mode = "sampled"
+    config.sampling.fanouts = args.fanouts
+    config.model.num_layers = len(args.fanouts.split(","))
+    config.train.negative_items = "all"
+    config.train.progress_bar = False
+    timed = train_worker(config, epochs=1, max_steps=args.synthetic_steps, evaluate=False, dataset=dataset)
+    run = timed.pop("run")
+    graph_bytes = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(run.setup.graph))
+    source = run.source.source  # under the producer
     return {
         "interactions": int(len(users)),
         "nodes": int(num_users + num_items),
         "graph_mib": graph_bytes / 2**20,
         "embedding_mib": (num_users + num_items) * 64 * 4 / 2**20,
-        "step_s": step,
-        "epoch_s": step * source.batches_per_epoch,
-        "setup_s": setup_seconds,
-        "node_budget": source.source.node_budget,
-        "edge_budget": source.source.edge_budget,
+        "step_s": timed["step_s"],
+        "epoch_s": timed["step_s"] * run.batches_per_epoch,
+        "setup_s": time.perf_counter() - started - sum(timed["epoch_seconds"]),
+        "node_budget": source.node_budget,
+        "edge_budget": source.edge_budget,
         "peak_rss_mib": peak_rss_mib(),
-        "loss": float(np.asarray(metrics["loss"])[0]),
+        "loss": timed["loss"],
     }
 
 
@@ -224,12 +208,15 @@ def scoring_worker(args) -> dict:
 def run_worker(args) -> dict:
     if args.worker == "gowalla":
         config = gowalla_config(args, args.mode, args.prefetch)
-        return train_worker(config, epochs=args.epochs)
+        result = train_worker(config, epochs=args.epochs)
+        result.pop("run")
+        return result
     if args.worker == "prefetch":
         result = {}
         for prefetch in (0, 2):
             config = gowalla_config(args, args.mode, prefetch)
             timed = train_worker(config, epochs=1, max_steps=args.prefetch_steps, evaluate=False)
+            timed.pop("run")
             result[f"prefetch_{prefetch}_step_s"] = timed["step_s"]
             result[f"prefetch_{prefetch}_step_cpu_s"] = timed["step_cpu_s"]
         result["batches_per_epoch"] = timed["batches_per_epoch"]

@@ -28,7 +28,7 @@ from graphrec_jax.data.prepare import prepare_dataset
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.text.encoder import TextEncoder
 from graphrec_jax.text.item_text import join_text_fields, parse_fields
-from graphrec_jax.train import train_and_evaluate
+from graphrec_jax.training.workdir import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 FUSIONS = ("text_only", "concat", "text_node_input")

@@ -4,23 +4,13 @@
         --config.data.path=../shared/datasets/ml-100k/split
 """
 
-from graphrec_jax.config import default_config
+from configs import gowalla
 
 
 def get_config():
-    config = default_config()
-    config.data.format = "lightgcn"
+    config = gowalla.get_config()  # the LightGCN paper's protocol, on another split
     config.data.path = "../shared/datasets/ml-100k/split"
-    config.data.split.method = "predefined"
-    config.model.name = "lightgcn"
-    config.model.embedding_dim = 64
-    config.model.num_layers = 3
-    config.model.init_std = 0.1
-    config.train.loss = "bpr"
-    config.train.batch_size = 2048
-    config.train.learning_rate = 1e-3
-    config.train.l2_weight = 1e-4
     config.train.num_epochs = 200
-    config.train.eval_every_epochs = 20
-    config.eval.k = 20
+    config.train.checkpoint_every_steps = 0
+    config.eval.user_chunk_size = 512
     return config

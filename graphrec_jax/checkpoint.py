@@ -49,7 +49,8 @@ class CheckpointStore:
     Args:
       workdir: the run directory.
       keep: how many of the latest checkpoints to keep (the best is kept besides).
-      best_metric: the metadata metrics key that ranks checkpoints (higher is better).
+      best_metric: the metadata metrics key that ranks checkpoints (higher is better); empty:
+        the one the checkpoints themselves record (their metadata's "best_metric").
       read_only: open an existing directory without creating or deleting anything.
     """
 
@@ -106,11 +107,21 @@ class CheckpointStore:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        """The step with the highest `best_metric`, or None when no checkpoint has it."""
-        best, best_value = None, -np.inf
-        for step in self.steps():
+        """The step with the highest best metric, or None when no checkpoint has it.
+
+        The metric is `best_metric`, or when that is empty the one the latest checkpoint's
+        metadata names (every run records which metric picks its best checkpoint)."""
+        metric = self.best_metric
+        steps = self.steps()
+        if not metric and steps:
             try:
-                value = self.read_metadata(step).get("metrics", {}).get(self.best_metric)
+                metric = self.read_metadata(steps[-1]).get("best_metric", "")
+            except (OSError, ValueError):
+                metric = ""
+        best, best_value = None, -np.inf
+        for step in steps:
+            try:
+                value = self.read_metadata(step).get("metrics", {}).get(metric)
             except (OSError, ValueError):
                 continue
             if value is not None and value > best_value:

@@ -1,7 +1,7 @@
 """What the scripts in `scripts/` do, as functions: train, evaluate, score.
 
 Each prints for a person at a terminal; the Python API underneath is
-`train.train_and_evaluate`, `Recommender` and `train.evaluate_model`.
+`training.workdir.train_and_evaluate`, `serving.Recommender` and `serving.evaluation.evaluate_model`.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ def run_training(
     """Trains with `config` in `workdir`, prints the final metrics and a few users' top-10."""
     _setup_logging()
     devices.initialize_distributed(coordinator_address, num_processes, process_id)
-    from graphrec_jax.train import train_and_evaluate
+    from graphrec_jax.training.workdir import train_and_evaluate
 
     metrics = train_and_evaluate(config, workdir)
     if not devices.is_primary_process():
         return metrics
     print(json.dumps({key: value for key, value in metrics.items() if not key.endswith("seconds")}))
     if show_users > 0:
-        from graphrec_jax.recommender import Recommender
+        from graphrec_jax.serving.recommender import Recommender
 
         recommender = Recommender.from_checkpoint(workdir)
         print(format_recommendations(recommender, recommender.user_ids[:show_users], k=10))
@@ -64,15 +64,25 @@ def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
 def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None) -> dict:
     """Restores a checkpoint, re-reads its dataset, evaluates every split; prints JSON last."""
     _setup_logging()
+    from graphrec_jax.config import cutoffs
     from graphrec_jax.data.prepare import prepare_dataset
-    from graphrec_jax.recommender import Recommender
-    from graphrec_jax.train import build_setup, evaluate_model
+    from graphrec_jax.models.setup import build_setup
+    from graphrec_jax.serving.evaluation import evaluate_model
+    from graphrec_jax.serving.recommender import Recommender
 
     recommender = Recommender.from_checkpoint(workdir, which=which, step=step)
-    dataset = prepare_dataset(recommender.config.data)
+    config = recommender.config
+    dataset = prepare_dataset(config.data)
     _check_same_data(dataset, recommender, workdir)
-    setup = build_setup(recommender.config, dataset, text_features=recommender.setup.text_features)
-    metrics = evaluate_model(recommender.config, setup, recommender.params)
+    setup = build_setup(config, dataset, text_features=recommender.setup.text_features)
+    metrics = evaluate_model(
+        setup,
+        recommender.params,
+        ks=cutoffs(config),
+        chunk_size=config.eval.user_chunk_size,
+        backend=config.model.aggregation,
+        representations=np.concatenate([recommender.user_representations, recommender.item_representations]),
+    )
     metrics = {"step": recommender.step, **metrics}
     print(json.dumps(metrics))
     return metrics
@@ -103,7 +113,7 @@ def run_scoring(
 ) -> None:
     """Writes top-`k` recommendations for `users` (None: all users) to `out` (.csv or .json)."""
     _setup_logging()
-    from graphrec_jax.recommender import Recommender
+    from graphrec_jax.serving.recommender import Recommender
 
     path = Path(out)
     if path.suffix.lower() not in (".csv", ".json"):

@@ -1,7 +1,9 @@
 """The run configuration: one `ml_collections.ConfigDict`, its defaults, and its validation.
 
 Every script and every config file in `configs/` starts from `default_config()` and
-overrides what it needs; `validate_config` runs before anything touches the disk.
+overrides what it needs; `validate_config` runs before anything touches the disk. This is
+the config's edge: the choice lists come from the modules that own them, and comma-separated
+keys are parsed here once (`fanouts`, `cutoffs`), so library code takes plain values.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ import json
 
 import ml_collections
 
-DATA_FORMATS = ("csv", "tsv", "parquet", "movielens", "lightgcn", "amazon", "synthetic")
-SPLIT_METHODS = ("ratio", "leave_one_out", "temporal", "cold_item", "predefined")
-MODELS = ("lightgcn", "gcn")
-FUSIONS = ("graph_only", "text_only", "concat", "text_node_input")
-TEXT_REGIMES = ("frozen", "finetune")
-LOSSES = ("bpr", "bce", "softmax")
-AGGREGATIONS = ("auto", "native", "segment_sum")
-POOLINGS = ("pooler", "cls", "mean")
-SAMPLING_MODES = ("full", "sampled")
-NEIGHBOR_SAMPLING_METHODS = ("uniform", "importance")
+from graphrec_jax.data.prepare import FORMATS as DATA_FORMATS
+from graphrec_jax.data.splits import SPLIT_METHODS
+from graphrec_jax.graph.subgraphs import METHODS as NEIGHBOR_SAMPLING_METHODS
+from graphrec_jax.kernels import BACKENDS
+from graphrec_jax.models.losses import LOSSES
+from graphrec_jax.models.network import ARCHITECTURES, FUSIONS
+from graphrec_jax.text.bert import DTYPES, POOLINGS
+from graphrec_jax.text.finetune import REGIMES as TEXT_REGIMES
+
+SAMPLING_MODES = ("full", "sampled")  # propagate over the whole graph, or over sampled subgraphs
+# Names older checkpoints used for a backend, and the name each has now.
+_RENAMED_BACKENDS = {"segment_sum": "xla"}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -66,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.num_layers = 3
     model.init_std = 0.1
     model.fusion = "graph_only"
-    model.aggregation = "auto"
+    model.aggregation = "auto"  # propagation backend: auto (native CPU kernels where they run), native, xla
     model.id_dropout = 0.0  # text fusions: share of training items shown by text alone (DropoutNet)
     model.text_hidden_dim = 0  # text projection: 0 is linear, else an MLP with this hidden width
     model.text = mtext = ml_collections.ConfigDict()
@@ -88,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     train.learning_rate = 1e-3
     train.l2_weight = 1e-4
     train.num_negatives = 1
+    train.negative_items = "trained"  # draw negatives from items with training interactions, or "all"
     train.softmax_temperature = 0.1
     train.num_epochs = 20
     train.eval_every_epochs = 5
@@ -153,12 +158,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"data.split.{key}={value!r} must be between 0 and 1")
     if not 0.0 <= data.split.valid_ratio < 1.0 or data.split.valid_ratio + data.split.test_ratio >= 1.0:
         raise ConfigError("data.split.valid_ratio must be >= 0 and valid_ratio + test_ratio < 1")
-    _choice("model.name", config.model.name, MODELS)
+    _choice("model.name", config.model.name, ARCHITECTURES)
     _choice("model.fusion", config.model.fusion, FUSIONS)
-    _choice("model.aggregation", config.model.aggregation, AGGREGATIONS)
+    _choice("model.aggregation", config.model.aggregation, BACKENDS)
     _choice("model.text.regime", config.model.text.regime, TEXT_REGIMES)
     _choice("model.text.pooling", config.model.text.pooling, POOLINGS)
-    _choice("model.text.dtype", config.model.text.dtype, ("float32", "bfloat16", "float16"))
+    _choice("model.text.dtype", config.model.text.dtype, DTYPES)
     if config.model.fusion != "graph_only" and not config.model.text.encoder:
         raise ConfigError(
             f"model.fusion={config.model.fusion!r} needs model.text.encoder: a Hugging Face BERT "
@@ -180,6 +185,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive("train.learning_rate", config.train.learning_rate)
     _positive("train.l2_weight", config.train.l2_weight, allow_zero=True)
     _positive("train.num_negatives", config.train.num_negatives)
+    _choice("train.negative_items", config.train.negative_items, ("trained", "all"))
     _positive("train.num_epochs", config.train.num_epochs, allow_zero=True)
     _positive("train.eval_every_epochs", config.train.eval_every_epochs, allow_zero=True)
     _positive("train.keep_checkpoints", config.train.keep_checkpoints)
@@ -235,6 +241,16 @@ def parse_int_list(text: str, key: str) -> list[int]:
         raise ConfigError(f"{key}={text!r} must be comma-separated integers, such as '10,50'") from error
 
 
+def fanouts(config: ml_collections.ConfigDict) -> list[int]:
+    """`sampling.fanouts` as a list: neighbours drawn per node at each hop, seeds outwards."""
+    return parse_int_list(config.sampling.fanouts, "sampling.fanouts")
+
+
+def cutoffs(config: ml_collections.ConfigDict) -> list[int]:
+    """Every cut-off K evaluation reports: `eval.k` and `eval.extra_k`, ascending."""
+    return sorted({config.eval.k, *parse_int_list(config.eval.extra_k, "eval.extra_k")})
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     return config.to_json_best_effort(sort_keys=True, indent=1)
 
@@ -244,6 +260,7 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
     saved = json.loads(text)
     config = default_config()
     _merge(config, saved)
+    config.model.aggregation = _RENAMED_BACKENDS.get(config.model.aggregation, config.model.aggregation)
     return config
 
 

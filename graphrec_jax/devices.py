@@ -40,7 +40,7 @@ def shard(tree: Any) -> Any:
 
 def unreplicate(tree: Any) -> Any:
     """The first device's copy of every leaf, as host numpy arrays."""
-    return jax.tree.map(lambda leaf: np.asarray(leaf.addressable_shards[0].data)[0], tree)
+    return jax.tree.map(lambda leaf: np.asarray(np.asarray(leaf.addressable_shards[0].data)[0]), tree)
 
 
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:

@@ -16,3 +16,16 @@ def tiny_interactions():
         users += [user] * len(chosen)
         items += chosen.tolist()
     return 12, 9, np.array(users, np.int32), np.array(items, np.int32)
+
+
+@pytest.fixture(scope="module")
+def power_law_graph():
+    """40 users x 25 items with power-law-ish item popularity (blocks of hub rows get cut by an
+    edge budget); the last 2 users are isolated."""
+    from graphrec_jax.graph.build import build_interaction_graph
+
+    rng = np.random.default_rng(0)
+    items = np.minimum((rng.pareto(1.2, 400) * 3).astype(int), 24)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, 38, 400), items, strict=True)}
+    users, items = (np.array(column, np.int32) for column in zip(*sorted(pairs), strict=True))
+    return build_interaction_graph(40, 25, users, items)

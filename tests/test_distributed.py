@@ -64,7 +64,7 @@ def _run_two_processes(command: list[str]) -> list[subprocess.CompletedProcess]:
 
 @pytest.mark.slow  # three processes start and compile: about 25 s on 2 cores
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
-    script = [sys.executable, str(REPO_ROOT / "tests" / "distributed_steps.py")]
+    script = [sys.executable, str(REPO_ROOT / "tests" / "workers" / "distributed_steps.py")]
     single = subprocess.run(
         [*script, f"--out={tmp_path / 'single'}"], env=_environment(2), capture_output=True, text=True, timeout=TIMEOUT
     )

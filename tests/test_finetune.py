@@ -10,7 +10,6 @@ from graphrec_jax.text.finetune import (
     choose_text_items,
     compute_prefix_states,
     embed_all,
-    make_finetune_optimizer,
     unit_rows,
 )
 
@@ -84,13 +83,3 @@ def test_text_items_are_the_batch_items_capped_at_capacity():
     assert items.shape == (6,) and set(items.tolist()) == {3, 7, 9}
     capped = choose_text_items(np.arange(100), capacity=8, rng=np.random.default_rng(0))
     assert len(set(capped.tolist())) == 8 and set(capped.tolist()) <= set(range(100))
-
-
-def test_finetune_optimizer_gives_the_tower_its_own_rate():
-    params = {"node_embedding": jnp.ones(3), TEXT_PARAMS: {"w": jnp.ones(3)}}
-    optimizer = make_finetune_optimizer(learning_rate=0.1, text_learning_rate=0.001)
-    state = optimizer.init(params)
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, _ = optimizer.update(grads, state, params)
-    assert float(updates["node_embedding"][0]) == pytest.approx(-0.1, rel=1e-3)
-    assert abs(float(updates[TEXT_PARAMS]["w"][0])) < 0.0011

@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from graphrec_jax import losses
+from graphrec_jax.models import losses
 
 
 def _arrays(seed=0, b=5, d=3, n=1):

@@ -7,9 +7,9 @@ import pytest
 from configs import test as test_config
 from graphrec_jax.checkpoint import CheckpointStore
 from graphrec_jax.data.synthetic import generate_catalogue
-from graphrec_jax.recommender import Recommender
+from graphrec_jax.serving.recommender import Recommender
 from graphrec_jax.text.pretrained import create_random_checkpoint
-from graphrec_jax.train import train_and_evaluate
+from graphrec_jax.training.workdir import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -73,20 +73,19 @@ def test_finetuned_tower_trains_checkpoints_and_serves_new_items(tiny_bert, tmp_
 
 def test_sampled_finetuning_encodes_only_the_subgraphs_items(tiny_bert, tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHREC_CACHE_DIR", str(tmp_path / "cache"))
-    from graphrec_jax.data.prepare import prepare_dataset
-    from graphrec_jax.graph import ITEM_NODE
-    from graphrec_jax.train import build_setup, make_batch_source
+    from graphrec_jax.graph.build import ITEM_NODE
+    from graphrec_jax.training.run import build_run
 
     config = _config(tiny_bert, "text_node_input", regime="finetune")
     config.sampling.mode = "sampled"
     config.sampling.fanouts = "3,2"
     config.sampling.prefetch_batches = 0
     config.model.text.finetune_items_per_step = 512  # room for every item of a subgraph
-    setup = build_setup(config, prepare_dataset(config.data))
-    batch = next(iter(make_batch_source(config, setup).epoch(0)))
-    num_users = setup.dataset.num_users
-    for device, items in enumerate(batch["text_items"]):
-        kind, global_id = batch["graph"].nodes["kind"][device], batch["graph"].nodes["global_id"][device]
+    run = build_run(config)
+    batch = next(iter(run.source.epoch(0)))
+    num_users = run.setup.num_users
+    for device, items in enumerate(batch.text_items):
+        kind, global_id = batch.graph.nodes["kind"][device], batch.graph.nodes["global_id"][device]
         subgraph_items = set((global_id[kind == ITEM_NODE] - num_users).tolist())
         assert set(items.tolist()) == subgraph_items
 

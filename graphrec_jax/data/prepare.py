@@ -33,7 +33,7 @@ from graphrec_jax.data.splits import (
 from graphrec_jax.data.types import Dataset, IdMap, Interactions
 
 _TABLE_FORMATS = ("csv", "tsv", "parquet")
-_FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "synthetic")
+FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "synthetic")  # data.format
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
@@ -51,8 +51,8 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """
     file_format = data_config.format
     split = data_config.split
-    if file_format not in _FORMATS:
-        raise DataError(f"data.format={file_format!r} is not one of {', '.join(map(repr, _FORMATS))}")
+    if file_format not in FORMATS:
+        raise DataError(f"data.format={file_format!r} is not one of {', '.join(map(repr, FORMATS))}")
     if file_format != "synthetic" and not data_config.path:
         raise DataError(f"data.format={file_format!r} needs data.path (a file or folder)")
     path = Path(str(data_config.path)).expanduser()

@@ -17,6 +17,9 @@ from graphrec_jax.data.types import EvalSplit, Interactions
 Splits = tuple[Interactions, dict[str, EvalSplit]]
 
 
+# data.split.method: how held-out interactions are chosen ("predefined" reads them from split files).
+SPLIT_METHODS = ("ratio", "leave_one_out", "temporal", "cold_item", "predefined")
+
 def index_mask(indices: np.ndarray, size: int) -> np.ndarray:
     """`[size]` bool, True at each of the integer `indices` (a set-membership table for index arrays)."""
     mask = np.zeros(size, dtype=bool)

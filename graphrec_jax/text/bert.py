@@ -30,6 +30,7 @@ ACTIVATIONS = {
     "relu": nn.relu,
 }
 POOLINGS = ("pooler", "cls", "mean")
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes of the tower
 # Added to attention logits at padded keys. Logits are masked and soft-maxed in float32
 # whatever the compute dtype, so this stays finite (no NaN for a row that is all padding)
 # and exp() of it is exactly 0.
@@ -372,7 +373,7 @@ class BertForMaskedLM(nn.Module):
 
 def compute_dtype(name: str) -> Dtype:
     """ "float32" | "bfloat16" | "float16" -> the jnp dtype."""
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+    dtypes = dict(zip(DTYPES, (jnp.float32, jnp.bfloat16, jnp.float16), strict=True))
     if name not in dtypes:
-        raise ValueError(f"dtype={name!r}; expected one of {sorted(dtypes)}")
+        raise ValueError(f"dtype={name!r}; expected one of {DTYPES}")
     return dtypes[name]

@@ -6,7 +6,7 @@ train step runs only the upper layers and the pooling, on the batch's distinct i
 `freeze_layers=0` the prefix is the token ids and the whole tower trains.
 
 The trainable parameters live in the train state under `params["text_encoder"]` (an
-optimizer of their own, see `make_finetune_optimizer`); `merge_params` folds them back into
+optimizer of their own, see `optimizers.make_optimizer`); `merge_params` folds them back into
 a full BERT parameter tree for saving or serving.
 """
 
@@ -17,11 +17,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from graphrec_jax.text.bert import BertConfig, BertEmbeddings, BertLayer, BertPooler, compute_dtype, pool
 
 TEXT_PARAMS = "text_encoder"
+# How a text fusion's tower trains: frozen (features encoded once) or fine-tuned in the step.
+REGIMES = ("frozen", "finetune")
 _MASK_BIAS = -1e9
 
 
@@ -167,18 +168,6 @@ def embed_all(
         padded = np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])
         outputs.append(np.asarray(run(trainable, prefix[padded], attention_mask[padded]))[: len(rows)])
     return np.concatenate(outputs).astype(np.float32)
-
-
-def make_finetune_optimizer(learning_rate: float, text_learning_rate: float) -> optax.GradientTransformation:
-    """Adam for the recommender's parameters; AdamW with its own rate for the text tower."""
-
-    def labels(params: dict) -> dict:
-        return {key: ("text" if key == TEXT_PARAMS else "model") for key in params}
-
-    return optax.multi_transform(
-        {"model": optax.adam(learning_rate), "text": optax.adamw(text_learning_rate, weight_decay=0.01)},
-        labels,
-    )
 
 
 def choose_text_items(item_rows: np.ndarray, capacity: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from graphrec_jax.optimizers import adam, bert_decay_mask
 from graphrec_jax.text.bert import BertForMaskedLM
 from graphrec_jax.text.encoder import pad_token_lists
 from graphrec_jax.text.pretrained import (
@@ -87,29 +88,6 @@ def mlm_loss(*, logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax
     """Mean cross-entropy over used slots: logits `[b, p, v]`, labels and weights `[b, p]`."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-
-
-def _decay_mask(params: Any) -> Any:
-    """Weight decay on matrices only, not on biases or LayerNorm, as in BERT."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: jax.tree_util.keystr(path[-1:]) not in ("['bias']", "['scale']"), params
-    )
-
-
-def make_optimizer(learning_rate: float, num_steps: int, params: Any) -> optax.GradientTransformation:
-    """AdamW with 10% linear warm-up, linear decay to zero, weight decay 0.01, clipping at 1."""
-    warmup = max(1, num_steps // 10)
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, learning_rate, warmup),
-            optax.linear_schedule(learning_rate, 0.0, max(1, num_steps - warmup)),
-        ],
-        [warmup],
-    )
-    return optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, weight_decay=0.01, mask=_decay_mask(params)),
-    )
 
 
 def make_train_step(model: BertForMaskedLM, optimizer: optax.GradientTransformation):
@@ -197,7 +175,15 @@ def pretrain_mlm(
         head = initial_params(abstract_params(model)["cls"], config, seed)
     params = {"bert": encoder_params, "cls": head}
 
-    optimizer = make_optimizer(learning_rate, num_steps, params)
+    # AdamW with 10% linear warm-up, linear decay to zero, weight decay 0.01, clipping at 1.
+    optimizer = adam(
+        learning_rate,
+        weight_decay=0.01,
+        decay_mask=bert_decay_mask(params),
+        warmup_steps=max(1, num_steps // 10),
+        total_steps=num_steps,
+        clip_norm=1.0,
+    )
     opt_state = optimizer.init(params)
     train_step = make_train_step(model, optimizer)
     num_predictions = max(1, math.ceil(max_length * mask_probability))

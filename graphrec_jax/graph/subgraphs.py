@@ -1,0 +1,348 @@
+"""Sampled neighbourhood subgraphs of a training graph, and their padding to one static budget.
+
+A batch's seeds (its users, positive and negative items) define a subgraph: the batch's users, positive and negative
+items (level 0), `fanouts[0]` sampled in-neighbours of each seed (level 1) and, with two
+hops, `fanouts[1]` sampled in-neighbours of each level-1 node (the leaves). Host numpy,
+vectorised over nodes, drawn from the generator the caller passes (the training batch source
+seeds it by run, epoch, batch and device, so a resumed run replays its subgraphs).
+
+Estimators. Each receiver `v` aggregates `sum_j c_vj * x[j]` over its sampled in-edges:
+  uniform: `k_v = min(fanout, deg v)` neighbours without replacement, weight
+    `deg(v) / k_v * 1 / sqrt(deg(u) deg(v))`: an unbiased estimate of the full-graph
+    normalised aggregation (exact when `deg v <= fanout`).
+  importance (PinSage): the top-T nodes by visit count of `num_walks` random walks of
+    `walk_length` steps from `v` (T = the hop's fanout), weights = visit counts normalised
+    over those T. Deterministic once the walks are drawn; the walks are drawn once per run.
+
+Symmetric storage. The propagation layers assume a symmetric adjacency (the backward pass
+reuses the forward operator), while a sampled hop is directed. The subgraph therefore
+stores every sampled edge in both directions with one weight, and undoes what the reverse
+edges add: a level-1 node `h` sampled by seed `s` with weight `c` receives `c * x[s]` over
+the reverse edge, so `h` also gets a leaf that is a copy of `s` (same `global_id`, same
+layer-0 input) joined with weight `-c`. With one or two hops every seed's layer-1 and
+layer-2 outputs then equal the directed estimator's, and since the operator is symmetric
+the gradients are exact too. Nodes are deduplicated within each level (a node sampled by
+several parents is one node with several edges).
+
+Node features of a subgraph (`graph.nodes`): `global_id` int32 (full-graph node index:
+the model gathers layer-0 embeddings and text features through it), `kind` int8 (user or
+item: `kind == graph.ITEM_NODE` is the item mask a text encoder needs), `is_seed` bool,
+`has_edges` bool (the node has training interactions in the full graph), `edge_start`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jraph
+import numpy as np
+
+from graphrec_jax.graph.build import ITEM_NODE, node_degrees
+from graphrec_jax.graph.sparse import Csr, graph_operator, ragged_arange
+
+BUDGET_MULTIPLE = 256
+MAX_HOPS = 2
+METHODS = ("uniform", "importance")  # how a hop chooses a node's neighbours
+
+
+def _choose_without_replacement(population: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """`[m, k]` distinct indices in `[0, population[i])` per row (Floyd's algorithm, k steps)."""
+    picks = np.empty((k, len(population)), np.int64)
+    uniform = rng.random((k, len(population)))
+    for j in range(k):
+        limit = population - k + j  # Floyd: draw from [0, limit]; on a repeat take `limit` itself
+        draw = np.minimum((uniform[j] * (limit + 1)).astype(np.int64), limit)
+        repeated = np.zeros(len(population), bool)
+        for earlier in picks[:j]:
+            repeated |= earlier == draw
+        picks[j] = np.where(repeated, limit, draw)
+    return picks.T
+
+
+def importance_operators(
+    operator: Csr, fanouts: Sequence[int], *, num_walks: int, walk_length: int, seed: int, chunk_nodes: int = 1 << 15
+) -> dict[int, Csr]:
+    """PinSage neighbourhoods: for each distinct fanout T, every node's top-T by walk visits.
+
+    From every node, `num_walks` uniform random walks of `walk_length` steps over `operator`'s
+    rows; visits count at the steps whose parity matches `walk_length` (an even length
+    collects nodes of the walker's own type), the start node excluded. Ties in count go to the
+    lower node index. Weights are the counts normalised over the T kept. Not jittable (host).
+
+    Returns:
+      {T: Csr} with at most T entries per row, rows ordered by visit count.
+    """
+    num_nodes = operator.num_rows
+    degree = operator.row_lengths()
+    largest = max(fanouts)
+    rng = np.random.default_rng([seed, 7919])
+    rows, neighbors, counts = [], [], []
+    for first in range(0, num_nodes, chunk_nodes):
+        last = min(first + chunk_nodes, num_nodes)
+        starts = np.repeat(np.arange(first, last, dtype=np.int64), num_walks)
+        current = starts.copy()
+        alive = degree[current] > 0
+        visited = []
+        for step in range(1, walk_length + 1):
+            steps = degree[current]
+            alive &= steps > 0
+            jump = (rng.random(len(current)) * np.maximum(steps, 1)).astype(np.int64)
+            current = np.where(alive, operator.neighbors[operator.offsets[current] + jump], current)
+            if (walk_length - step) % 2 == 0:
+                keep = alive & (current != starts)
+                visited.append((starts[keep] - first) * num_nodes + current[keep])
+        keys, key_counts = np.unique(np.concatenate(visited) if visited else np.zeros(0, np.int64), return_counts=True)
+        start, node = keys // num_nodes + first, keys % num_nodes
+        order = np.lexsort((node, -key_counts, start))
+        start, node, key_counts = start[order], node[order], key_counts[order]
+        group = np.searchsorted(start, start, side="left")
+        keep = np.arange(len(start)) - group < largest
+        rows.append(start[keep])
+        neighbors.append(node[keep])
+        counts.append(key_counts[keep])
+    rows, neighbors, counts = (np.concatenate(part) for part in (rows, neighbors, counts))
+    lengths = np.bincount(rows, minlength=num_nodes)
+    offsets = np.zeros(num_nodes + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    tables = {}
+    for fanout in sorted(set(fanouts)):
+        kept = np.minimum(lengths, fanout)
+        entries = ragged_arange(offsets[:-1], kept)
+        row_of = np.repeat(np.arange(num_nodes), kept)
+        totals = np.bincount(row_of, weights=counts[entries], minlength=num_nodes)
+        table_offsets = np.zeros(num_nodes + 1, np.int64)
+        np.cumsum(kept, out=table_offsets[1:])
+        weights = (counts[entries] / totals[row_of]).astype(np.float32)
+        tables[fanout] = Csr(table_offsets, neighbors[entries].astype(np.int32), weights)
+    return tables
+
+
+class NeighborSampler:
+    """Samples seed neighbourhoods from a training graph and builds the symmetric subgraph.
+
+    Args:
+      graph: the full training graph (`graph.build_interaction_graph`).
+      num_users: users come first in the node layout.
+      fanouts: neighbours per node at each hop, seeds outwards (1 or 2 hops).
+      method: "uniform" or "importance".
+      num_walks, walk_length, seed: the importance walks (unused for uniform).
+
+    Not thread-safe (reuses scratch arrays); use one sampler per producer thread.
+    """
+
+    def __init__(
+        self,
+        graph: jraph.GraphsTuple,
+        num_users: int,
+        fanouts: Sequence[int],
+        method: str = "uniform",
+        *,
+        num_walks: int = 20,
+        walk_length: int = 2,
+        seed: int = 0,
+    ):
+        fanouts = [int(fanout) for fanout in fanouts]
+        if not 1 <= len(fanouts) <= MAX_HOPS or min(fanouts) <= 0:
+            raise ValueError(f"sampling.fanouts={fanouts} must list 1 or 2 positive integers, such as '10,10'")
+        if method not in METHODS:
+            raise ValueError(f"sampling.method={method!r} must be one of {METHODS}")
+        self.fanouts = fanouts
+        self.method = method
+        self.num_users = num_users
+        self.operator = graph_operator(graph)
+        self.num_nodes = self.operator.num_rows
+        self.degree = node_degrees(graph)
+        if method == "importance":
+            self.tables = importance_operators(
+                self.operator, fanouts, num_walks=num_walks, walk_length=walk_length, seed=seed
+            )
+        self._mark = np.zeros(self.num_nodes, bool)
+        self._index = np.zeros(self.num_nodes, np.int32)
+
+    def hop_operators(self) -> list[Csr]:
+        """The operator each hop estimates, seeds outwards: the full graph's (uniform) or the
+        importance neighbourhoods (what full-graph inference must propagate over)."""
+        if self.method == "uniform":
+            return [self.operator] * len(self.fanouts)
+        return [self.tables[fanout] for fanout in self.fanouts]
+
+    def _row_sizes(self, fanout: int) -> np.ndarray:
+        if self.method == "uniform":
+            return np.minimum(self.degree, fanout)
+        return self.tables[fanout].row_lengths()
+
+    def budget(self, num_rows: int, num_negatives: int) -> tuple[int, int]:
+        """(nodes, edges) no subgraph of `num_rows` triples can exceed, rounded up to 256.
+
+        Hop h has at most the sum of the largest `min(deg, fanout_h)` over as many receivers as
+        the previous level can hold, so the bound follows the degree distribution.
+        """
+        seeds = min(num_rows * (2 + num_negatives), self.num_nodes)
+        sizes = [np.cumsum(np.sort(self._row_sizes(fanout))[::-1]) for fanout in self.fanouts]
+        first_hop = int(sizes[0][seeds - 1]) if seeds else 0
+        level1 = min(first_hop, self.num_nodes)
+        nodes, edges = seeds + level1, 2 * first_hop
+        if len(self.fanouts) == 2:
+            second_hop = int(sizes[1][level1 - 1]) if level1 else 0
+            nodes += min(second_hop + first_hop, self.num_nodes)  # sampled and cancelling leaves
+            edges += 2 * (second_hop + first_hop)
+        return _round_up(nodes + 1), _round_up(max(edges, 1))
+
+    def _unique(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted distinct values, position of each value among them) in O(n + num_nodes)."""
+        self._mark[values] = True
+        distinct = np.flatnonzero(self._mark)
+        self._mark[distinct] = False
+        self._index[distinct] = np.arange(len(distinct), dtype=np.int32)
+        return distinct, self._index[values]
+
+    def _hop(self, receivers: np.ndarray, fanout: int, rng: np.random.Generator):
+        """Sampled in-edges of `receivers` (global ids), grouped by receiver.
+
+        Returns (counts `[r]`, senders `[e]` int32 global ids, weights `[e]` float32)."""
+        if self.method == "importance":
+            table = self.tables[fanout]
+            starts = table.offsets[receivers]
+            counts = table.offsets[receivers + 1] - starts
+            entries = ragged_arange(starts, counts)
+            return counts, table.neighbors[entries], table.weights[entries]
+        degree = self.degree[receivers]
+        counts = np.minimum(degree, fanout)
+        out_start = np.cumsum(counts) - counts
+        entries = np.empty(int(counts.sum()), np.int64)
+        starts = self.operator.offsets[receivers]
+        small = np.flatnonzero(degree <= fanout)  # take every neighbour
+        entries[ragged_arange(out_start[small], degree[small])] = ragged_arange(starts[small], degree[small])
+        large = np.flatnonzero(degree > fanout)
+        picks = _choose_without_replacement(degree[large], fanout, rng)
+        entries[(out_start[large][:, None] + np.arange(fanout)).ravel()] = (starts[large][:, None] + picks).ravel()
+        scale = np.repeat((degree / np.maximum(counts, 1)).astype(np.float32), counts)
+        return counts, self.operator.neighbors[entries], self.operator.weights[entries] * scale
+
+    def sample(self, seeds: np.ndarray, rng: np.random.Generator) -> tuple[jraph.GraphsTuple, np.ndarray]:
+        """The symmetric subgraph of `seeds`' sampled neighbourhoods.
+
+        Args:
+          seeds: `[m]` int full-graph node indices (repeats allowed).
+          rng: the generator of this subgraph.
+
+        Returns:
+          (unpadded single-graph `GraphsTuple` with numpy leaves, `[m]` int32 position of each
+          seed in it). Not jittable (host numpy).
+        """
+        level0, positions = self._unique(np.asarray(seeds, np.int32))
+        n0 = len(level0)
+        counts1, senders1, weights1 = self._hop(level0, self.fanouts[0], rng)
+        receivers1 = np.repeat(np.arange(n0, dtype=np.int32), counts1)
+        level1, local1 = self._unique(senders1)
+        n1 = len(level1)
+        # Level-1 in-edges: the reverse of every first-hop edge, grouped by level-1 node.
+        by_parent = np.argsort(local1, kind="stable")
+        parent_counts = np.bincount(local1, minlength=n1)
+        blocks = [(parent_counts, receivers1[by_parent], weights1[by_parent])]
+        global_ids = [level0, level1]
+        if len(self.fanouts) == 2:
+            counts2, senders2, weights2 = self._hop(level1, self.fanouts[1], rng)
+            # Leaves: the sampled second hop, then one cancelling copy of the parent per
+            # first-hop edge; deduplicated by full-graph node (duplicate edges simply add up).
+            level2, local2 = self._unique(np.concatenate([senders2, level0[receivers1[by_parent]]]))
+            leaves = n0 + n1 + local2
+            blocks.append((counts2, leaves[: len(senders2)], weights2))
+            blocks.append((parent_counts, leaves[len(senders2) :], -weights1[by_parent]))
+            global_ids.append(level2)
+            leaf_parents = np.concatenate([np.repeat(np.arange(n1, dtype=np.int32), counts2), local1[by_parent]])
+            leaf_weights = np.concatenate([weights2, -weights1[by_parent]])
+            by_leaf = np.argsort(local2)  # group the leaves' in-edges (the only sort on this path)
+        level1_counts, level1_senders, level1_weights = _merge_grouped(n1, blocks)
+        receivers = [receivers1, n0 + np.repeat(np.arange(n1, dtype=np.int32), level1_counts)]
+        senders = [n0 + local1, level1_senders]
+        weights = [weights1, level1_weights]
+        if len(self.fanouts) == 2:
+            receivers.append(leaves[by_leaf])
+            senders.append(n0 + leaf_parents[by_leaf])
+            weights.append(leaf_weights[by_leaf])
+        global_id = np.concatenate(global_ids)
+        receivers = np.concatenate(receivers)
+        num_nodes = len(global_id)
+        in_degree = np.bincount(receivers, minlength=num_nodes)
+        edge_start = (np.cumsum(in_degree) - in_degree).astype(np.int32)
+        is_seed = np.zeros(num_nodes, bool)
+        is_seed[:n0] = True
+        graph = jraph.GraphsTuple(
+            nodes={
+                "kind": (global_id >= self.num_users).astype(np.int8) * np.int8(ITEM_NODE),
+                "edge_start": edge_start,
+                "global_id": global_id.astype(np.int32),
+                "is_seed": is_seed,
+                "has_edges": self.degree[global_id] > 0,
+            },
+            edges={
+                "weight": np.concatenate(weights),
+                "kind": np.zeros(len(receivers), np.int8),
+            },
+            senders=np.concatenate(senders),
+            receivers=receivers,
+            n_node=np.array([num_nodes], np.int32),
+            n_edge=np.array([len(receivers)], np.int32),
+            globals=None,
+        )
+        return graph, positions.astype(np.int32)
+
+
+def _merge_grouped(num_receivers: int, blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interleaves edge blocks that are each grouped by receiver into one grouped list.
+
+    Each block is (counts `[num_receivers]`, senders, weights) with its edges in receiver
+    order. Returns (total counts, senders, weights) with, per receiver, block 0's edges, then
+    block 1's, ... (a counting merge: O(num_receivers + edges), no sort)."""
+    total = sum(counts for counts, _, _ in blocks)
+    start = np.cumsum(total) - total
+    senders = np.empty(int(total.sum()), np.int32)
+    weights = np.empty(int(total.sum()), np.float32)
+    before = np.zeros(num_receivers, np.int64)
+    for counts, block_senders, block_weights in blocks:
+        position = ragged_arange(start + before, counts)
+        senders[position] = block_senders
+        weights[position] = block_weights
+        before = before + counts
+    return total, senders, weights
+
+
+def pad_subgraph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int) -> jraph.GraphsTuple:
+    """Pads a sampled subgraph to `num_nodes` / `num_edges`, as `graph.pad_graph` does, with
+    one difference: the padding edges are spread over the padding nodes (each padding edge is
+    a zero-weight self-loop) rather than all given to the first, so that no single CSR row
+    holds them all (the kernels parallelise over rows). A second padding graph holds the
+    padding, so `jraph.get_*_padding_mask` apply. Written straight into budget-sized arrays;
+    not jittable."""
+    real_nodes, real_edges = int(graph.n_node[0]), int(graph.n_edge[0])
+    if real_nodes >= num_nodes or real_edges > num_edges:
+        raise ValueError(
+            f"a subgraph of {real_nodes} nodes / {real_edges} edges does not fit {num_nodes} / {num_edges}"
+        )
+    padding_nodes, padding_edges = num_nodes - real_nodes, num_edges - real_edges
+
+    def fill(values, size):
+        out = np.zeros((size,) + values.shape[1:], values.dtype)
+        out[: len(values)] = values
+        return out
+
+    nodes = {key: fill(value, num_nodes) for key, value in graph.nodes.items()}
+    loops = real_nodes + np.arange(padding_edges, dtype=np.int64) * padding_nodes // max(padding_edges, 1)
+    per_node = np.bincount(loops - real_nodes, minlength=padding_nodes)
+    nodes["edge_start"][real_nodes:] = real_edges + np.cumsum(per_node) - per_node
+    loops = loops.astype(np.int32)
+    return jraph.GraphsTuple(
+        nodes=nodes,
+        edges={key: fill(value, num_edges) for key, value in graph.edges.items()},
+        senders=np.concatenate([graph.senders, loops]),
+        receivers=np.concatenate([graph.receivers, loops]),
+        n_node=np.array([real_nodes, padding_nodes], np.int32),
+        n_edge=np.array([real_edges, padding_edges], np.int32),
+        globals=None,
+    )
+
+
+def _round_up(value: int, multiple: int = BUDGET_MULTIPLE) -> int:
+    return int(math.ceil(value / multiple) * multiple)

@@ -1,0 +1,179 @@
+"""The recommender network: node inputs (ids and/or text), graph propagation, fusion.
+
+Every variant ends in one representation per node, `[n, embedding_dim]`, and a user-item
+score is the dot product of the two representations, so top-K retrieval stays a matrix
+product whatever the fusion.
+
+Fusions (`model.fusion`):
+  graph_only: learned id embeddings propagated by LightGCN or GCN.
+  text_only: a projection of each node's text feature, no graph and no ids.
+  concat: the original design: propagated id embeddings concatenated with the text
+    feature, through a linear head.
+  text_node_input: id embeddings plus projected text as the graph's node inputs, so text
+    flows through the graph and reaches neighbours.
+
+In the text fusions, nodes without a training interaction (cold items) have no trained id
+embedding; their id part is zeroed so that their representation comes from text alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+
+from graphrec_jax.graph.build import ITEM_NODE, csr_offsets
+from graphrec_jax.graph.layers import GCNLayer, gather_rows, gcn_propagate, lightgcn_propagate
+from graphrec_jax.text.finetune import params_without_text
+
+ARCHITECTURES = ("lightgcn", "gcn")
+FUSIONS = ("graph_only", "text_only", "concat", "text_node_input")
+TEXT_FUSIONS = FUSIONS[1:]
+
+
+class TextProjection(nn.Module):
+    """Text features to the representation space: linear, or an MLP with one GELU hidden layer."""
+
+    features: int
+    hidden_features: int = 0
+
+    @nn.compact
+    def __call__(self, text: jax.Array) -> jax.Array:
+        if self.hidden_features:
+            text = nn.gelu(nn.Dense(self.hidden_features, name="hidden")(text))
+        return nn.Dense(self.features, name="output")(text)
+
+
+class RecommenderModel(nn.Module):
+    """Maps a graph (and per-node text features) to node representations.
+
+    Attributes:
+      num_nodes: users + items.
+      embedding_dim: width of id embeddings and of the output representations.
+      num_layers: propagation depth.
+      architecture: "lightgcn" or "gcn".
+      fusion: one of graph_only, text_only, concat, text_node_input.
+      init_std: standard deviation of the N(0, std) id-embedding initialiser.
+      backend: the propagation backend, one of `kernels.BACKENDS` (see `graph.layers`).
+      id_dropout: in training, the probability of hiding an item's id-based part so that its
+        representation comes from text alone, as a cold item's does (DropoutNet); text
+        fusions only.
+      text_hidden_dim: width of the text projection's hidden layer; 0 projects linearly.
+    """
+
+    num_nodes: int
+    embedding_dim: int = 64
+    num_layers: int = 3
+    architecture: str = "lightgcn"
+    fusion: str = "graph_only"
+    init_std: float = 0.1
+    backend: str = "auto"
+    id_dropout: float = 0.0
+    text_hidden_dim: int = 0
+
+    @nn.compact
+    def __call__(
+        self,
+        graph: jraph.GraphsTuple,
+        text_features: jax.Array | None = None,
+        *,
+        rows: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Computes representations.
+
+        Args:
+          graph: the interaction graph with `n_node == num_nodes`.
+          text_features: `[num_nodes, text_dim]` per-node text features (zeros where a node
+            has none); required by the text fusions.
+          rows: optional `[r]` int32 nodes to return (the loss's users and items); computing
+            only those is cheaper than all nodes.
+          deterministic: False in training: applies `id_dropout` (needs a "dropout" rng).
+
+        Returns:
+          (representations `[r or num_nodes, embedding_dim]`, layer-0 inputs of the same rows,
+          which the L2 penalty of the BPR loss acts on).
+        """
+        uses_text = self.fusion in TEXT_FUSIONS
+        if uses_text and text_features is None:
+            raise ValueError(f"fusion {self.fusion!r} needs text_features [num_nodes, text_dim]")
+        # A sampled subgraph's nodes are copies of full-graph nodes: their layer-0 inputs and
+        # text features are gathered by full-graph index (see `graph.subgraphs`).
+        global_id = graph.nodes.get("global_id") if isinstance(graph.nodes, dict) else None
+        if global_id is not None and text_features is not None:
+            text_features = gather_rows(text_features, global_id, backend=self.backend)
+
+        def select(x):
+            return x if rows is None else x[rows]
+
+        row_text = None if text_features is None else select(text_features)
+
+        if self.fusion == "text_only":
+            projected = TextProjection(self.embedding_dim, self.text_hidden_dim, name="text_projection")(row_text)
+            return projected, projected
+
+        embedding = self.param(
+            "node_embedding", nn.initializers.normal(self.init_std), (self.num_nodes, self.embedding_dim)
+        )
+        if global_id is not None:
+            embedding = gather_rows(embedding, global_id, backend=self.backend)
+        if uses_text:
+            if global_id is not None:  # in-degrees within a subgraph say nothing about the full graph
+                has_edges = graph.nodes["has_edges"]
+            else:
+                offsets = csr_offsets(graph)
+                has_edges = (offsets[1:] - offsets[:-1]) > 0
+            ids = jnp.where(has_edges[:, None], embedding, 0.0)
+        else:
+            ids = embedding  # as in LightGCN: an isolated node keeps a trainable embedding
+        if self.fusion == "text_node_input":
+            projected = TextProjection(self.embedding_dim, self.text_hidden_dim, name="text_projection")(text_features)
+            inputs = ids + projected
+        else:
+            inputs = ids
+        propagated = self._propagate(graph, inputs, rows)
+        hidden = self._hidden_items(graph, rows, deterministic)
+        if self.fusion == "concat":
+            if hidden is not None:
+                propagated = jnp.where(hidden[:, None], 0.0, propagated)
+            joined = jnp.concatenate([propagated, row_text], axis=-1)
+            return nn.Dense(self.embedding_dim, name="head")(joined), select(inputs)
+        if hidden is not None and self.fusion == "text_node_input":
+            # An item without edges or id propagates nothing: its representation is its
+            # projected text averaged with L empty layers (LightGCN) .
+            text_alone = select(projected) / (self.num_layers + 1)
+            propagated = jnp.where(hidden[:, None], text_alone, propagated)
+        return propagated, select(inputs)
+
+    def _hidden_items(self, graph, rows, deterministic):
+        """`[r]` bool: item rows whose id part is hidden this step (None when nothing is hidden)."""
+        if deterministic or self.id_dropout <= 0 or self.fusion not in ("concat", "text_node_input"):
+            return None
+        is_item = graph.nodes["kind"] == ITEM_NODE
+        if rows is not None:
+            is_item = is_item[rows]
+        drop = jax.random.bernoulli(self.make_rng("dropout"), self.id_dropout, is_item.shape)
+        return is_item & drop
+
+    def _propagate(self, graph, inputs, rows):
+        if self.architecture == "lightgcn":
+            return lightgcn_propagate(graph, inputs, self.num_layers, rows=rows, backend=self.backend)
+        layers = [
+            GCNLayer(self.embedding_dim, backend=self.backend, name=f"gcn_{index}") for index in range(self.num_layers)
+        ]
+        return gcn_propagate(layers, graph, inputs, rows=rows)
+
+
+def make_representation_fn(model: RecommenderModel) -> Callable:
+    """`(params, graph, text_features) -> [n_node, d]` representations of every node (jit it).
+
+    `params` may hold a fine-tuned text tower besides the model's own parameters; it is ignored
+    here (the text features passed in are already the tower's output)."""
+
+    def representations(params, graph, text_features=None):
+        return model.apply({"params": params_without_text(params)}, graph, text_features)[0]
+
+    return representations

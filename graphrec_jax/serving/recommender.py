@@ -1,0 +1,295 @@
+"""Serving a trained model from Python: `Recommender.from_checkpoint(workdir)`.
+
+The recommender restores the parameters, rebuilds the training graph from the
+interactions saved with the checkpoint, computes every node's representation once, and
+answers in raw ids. It never imports the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
+from graphrec_jax.config import config_from_json
+from graphrec_jax.data.types import Dataset, IdMap, Interactions
+from graphrec_jax.models.network import TEXT_FUSIONS
+from graphrec_jax.models.setup import ModelSetup, build_setup
+from graphrec_jax.serving.propagation import inference_operators, node_representations
+from graphrec_jax.serving.ranking import csr_by_user, top_k_items
+
+
+class Recommender:
+    """Top-K recommendations, scores and similar items, in raw ids.
+
+    Build it with `Recommender.from_checkpoint(workdir)`. Attributes:
+      config: the run's config.
+      user_map, item_map: raw id <-> index maps.
+      step: the checkpoint step the parameters come from.
+    """
+
+    def __init__(
+        self,
+        config,
+        setup: ModelSetup,
+        params: Any,
+        *,
+        step: int,
+        item_titles: list[str] | None = None,
+    ):
+        self.config = config
+        self.setup = setup
+        self.params = params
+        self.step = step
+        self.user_map: IdMap = setup.dataset.user_map
+        self.item_map: IdMap = setup.dataset.item_map
+        self.item_titles = item_titles
+        self._train_by_user = csr_by_user(setup.dataset.train, setup.dataset.num_users)
+        self._refresh_representations()
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str | Path, *, step: int | None = None, which: str = "best") -> Recommender:
+        """Restores a trained model from a training workdir.
+
+        Args:
+          workdir: the `--workdir` of a training run.
+          step: a specific checkpoint step; None picks by `which`.
+          which: "best" (highest validation metric, falling back to the latest) or "latest".
+        """
+        if which not in ("best", "latest"):
+            raise ValueError(f"which={which!r} must be 'best' or 'latest'")
+        if not has_checkpoints(workdir):
+            raise FileNotFoundError(
+                f"no checkpoints in {Path(workdir).resolve()}: train first with "
+                f"`python scripts/train.py --config configs/demo.py --workdir {workdir}`"
+            )
+        store = CheckpointStore(workdir, read_only=True)
+        if step is None and which == "best":
+            step = store.best_step()  # None when no checkpoint has the metric: the latest
+        restored_step, state, arrays, metadata = store.restore(None, None, step=step)
+        store.close()
+        config = config_from_json(json.dumps(metadata["config"]))
+        user_map = IdMap.from_json(metadata["id_maps"]["user"])
+        item_map = IdMap.from_json(metadata["id_maps"]["item"])
+        dataset = Dataset(
+            user_map=user_map,
+            item_map=item_map,
+            train=Interactions(np.asarray(arrays["train_users"]), np.asarray(arrays["train_items"])),
+            evaluation={},
+            name=metadata.get("dataset", {}).get("name", "dataset"),
+        )
+        text_features = arrays.get("text_features")
+        setup = build_setup(config, dataset, text_features=None if text_features is None else np.asarray(text_features))
+        params = jax.tree.map(jnp.asarray, state["train_state"]["params"])
+        return cls(config, setup, params, step=restored_step, item_titles=metadata.get("item_titles"))
+
+    @property
+    def user_ids(self) -> list:
+        """Raw ids of every user the model knows."""
+        return self.user_map.raw_ids.tolist()
+
+    @property
+    def item_ids(self) -> list:
+        """Raw ids of every item the model knows."""
+        return self.item_map.raw_ids.tolist()
+
+    def _refresh_representations(self) -> None:
+        values = node_representations(
+            self.setup.model,
+            self.params,
+            self.setup.graph,
+            self.setup.text_features,
+            operators=inference_operators(self.config, self.setup),
+            chunk_rows=self.config.sampling.inference_chunk_rows,
+            backend=self.config.model.aggregation,
+        )
+        num_users = self.setup.dataset.num_users
+        self.user_representations = values[:num_users]
+        self.item_representations = values[num_users:]
+
+    def recommend(
+        self,
+        user_ids: Sequence[Any],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[Any] | None = None,
+    ) -> pd.DataFrame:
+        """Top-`k` items per user.
+
+        Args:
+          user_ids: raw user ids (a single id is accepted too).
+          k: list length per user.
+          exclude_seen: leave out each user's training items.
+          candidates: raw item ids to choose from (None: every item).
+
+        Returns:
+          A DataFrame with columns user_id, rank (1-based), item_id, score; users with fewer
+          than `k` candidates get fewer rows. Raises UnknownIdError for an unknown id.
+        """
+        user_ids = _as_list(user_ids)
+        if k <= 0:
+            raise ValueError(f"k={k} must be positive")
+        users = self.user_map.to_index(user_ids, source="user_ids")
+        candidate_items = None
+        if candidates is not None:
+            candidate_items = np.unique(self.item_map.to_index(_as_list(candidates), source="candidates"))
+        k_eff = min(k, self.item_map.__len__())
+        items, scores = top_k_items(
+            self.user_representations,
+            self.item_representations,
+            users,
+            k_eff,
+            exclude=self._train_by_user if exclude_seen else None,
+            candidate_items=candidate_items,
+            user_chunk_size=min(self.config.eval.user_chunk_size, max(len(users), 1)),
+            backend=self.config.model.aggregation,
+        )
+        return self._ranked_table(user_ids, items, scores, ["user_id", "rank", "item_id", "score"])
+
+    def score(self, user_ids: Sequence[Any], item_ids: Sequence[Any]) -> np.ndarray:
+        """Scores `[len(user_ids), len(item_ids)]` float32 (dot products of representations)."""
+        users = self.user_map.to_index(_as_list(user_ids), source="user_ids")
+        items = self.item_map.to_index(_as_list(item_ids), source="item_ids")
+        user_rows = self.user_representations[jnp.asarray(users)]
+        item_rows = self.item_representations[jnp.asarray(items)]
+        return np.asarray(user_rows @ item_rows.T)
+
+    def similar_items(self, item_ids: Sequence[Any], k: int = 10) -> pd.DataFrame:
+        """The `k` most similar items to each item by cosine similarity of representations.
+
+        Returns a DataFrame with columns item_id, rank, similar_item_id, score (the item
+        itself excluded).
+        """
+        item_ids = _as_list(item_ids)
+        items = self.item_map.to_index(item_ids, source="item_ids")
+        normalized = self.item_representations / jnp.maximum(
+            jnp.linalg.norm(self.item_representations, axis=-1, keepdims=True), 1e-12
+        )
+        k_eff = min(k, len(self.item_map) - 1)
+        own = np.arange(len(items) + 1, dtype=np.int64)
+        similar, scores = top_k_items(
+            normalized[jnp.asarray(items)],
+            normalized,
+            np.arange(len(items)),
+            k_eff,
+            exclude=(own, items.astype(np.int32)),
+            user_chunk_size=min(self.config.eval.user_chunk_size, max(len(items), 1)),
+            backend=self.config.model.aggregation,
+        )
+        return self._ranked_table(item_ids, similar, scores, ["item_id", "rank", "similar_item_id", "score"])
+
+    def _ranked_table(self, keys: list, items: np.ndarray, scores: np.ndarray, columns: list[str]) -> pd.DataFrame:
+        """One row per ranked item (`items [len(keys), k]`, -1 for none): key, rank, raw item id, score."""
+        position, rank = np.nonzero(items >= 0)
+        return pd.DataFrame(
+            {
+                columns[0]: [keys[index] for index in position],
+                columns[1]: rank + 1,
+                columns[2]: self.item_map.raw_ids[items[position, rank]],
+                columns[3]: scores[position, rank].astype(float),
+            }
+        )
+
+    def add_items(
+        self,
+        item_ids: Sequence[Any],
+        texts: Sequence[dict | str],
+        *,
+        encoder: str | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        """Adds items nobody has interacted with yet, from their text alone; no retraining.
+
+        Args:
+          item_ids: new raw item ids (not already known).
+          texts: per item, a dict of text fields (title, description, ...) as in the training
+            data, or one string (taken as the title).
+          encoder: the pretrained text encoder's directory; None uses the one the model was
+            trained with when that is a local directory here (a checkpoint never makes this
+            process download anything).
+          cache_dir: where to cache the new items' embeddings; None: the default cache
+            (`GRAPHREC_CACHE_DIR`), never a path taken from the checkpoint.
+
+        Their representations come from text as a cold item's do. Only text fusions can do this.
+        """
+        from graphrec_jax.text.features import encode_records
+
+        if self.config.model.fusion not in TEXT_FUSIONS:
+            raise ValueError(
+                f"this model (model.fusion={self.config.model.fusion!r}) represents items by their "
+                "interactions only; train with a text fusion (text_only, concat, text_node_input) to add "
+                "items from text"
+            )
+        item_ids, texts = list(item_ids), list(texts)
+        if len(item_ids) != len(texts):
+            raise ValueError(f"{len(item_ids)} item ids but {len(texts)} texts")
+        known = [item for item in item_ids if item in self.item_map]
+        if known or len(set(item_ids)) != len(item_ids):
+            raise ValueError(f"item ids must be new and distinct; already known or repeated: {known[:5] or item_ids}")
+        records = [{"title": text} if isinstance(text, str) else text for text in texts]
+        fields = self.config.data.text.item_fields
+        if all(isinstance(text, str) for text in texts):
+            fields = "title"
+        features = encode_records(
+            records, fields, self._text_encoder(encoder), pooling=self.config.model.text.pooling, cache_dir=cache_dir
+        )
+        dataset = self.setup.dataset
+        item_map = IdMap(self.item_map.kind, np.concatenate([self.item_map.raw_ids, np.asarray(item_ids, object)]))
+        grown = Dataset(
+            user_map=self.user_map, item_map=item_map, train=dataset.train, evaluation={}, name=dataset.name
+        )
+        text_features = np.concatenate([np.asarray(self.setup.text_features), features])
+        self.setup = build_setup(self.config, grown, text_features=text_features)
+        self.params = dict(self.params)
+        if "node_embedding" in self.params:  # new nodes have no edges: their id part is zeroed anyway
+            embedding = self.params["node_embedding"]
+            self.params["node_embedding"] = jnp.concatenate(
+                [embedding, jnp.zeros((len(item_ids), embedding.shape[1]), embedding.dtype)]
+            )
+        self.item_map = item_map
+        if self.item_titles is not None:
+            self.item_titles = list(self.item_titles) + [str(record.get("title", "")) for record in records]
+        self._refresh_representations()
+
+    def _text_encoder(self, directory: str | None = None):
+        """The text encoder as trained: the pretrained tower with fine-tuned layers in place."""
+        if getattr(self, "_encoder", None) is None or directory is not None:
+            from graphrec_jax.text.features import load_text_encoder
+            from graphrec_jax.text.finetune import TEXT_PARAMS, TextTower
+
+            if directory is None:
+                directory = self.config.model.text.encoder
+                if not Path(str(directory)).expanduser().is_dir():
+                    raise ValueError(
+                        f"the model was trained with the text encoder {directory!r}, which is not a directory "
+                        "on this machine; pass add_items(..., encoder=DIR) with that encoder's checkpoint directory"
+                    )
+            encoder = load_text_encoder(self.config.model.text, encoder=directory)
+            if TEXT_PARAMS in self.params:
+                text = self.config.model.text
+                tower = TextTower(encoder.config, text.freeze_layers, text.pooling, text.dtype)
+                encoder.params = tower.merge_params(encoder.params, self.params[TEXT_PARAMS])
+            self._encoder = encoder
+        return self._encoder
+
+    def title(self, item_id: Any) -> str:
+        """The item's title when the data had one, else its id as text."""
+        if self.item_titles:
+            index = int(self.item_map.to_index([item_id])[0])
+            if self.item_titles[index]:
+                return self.item_titles[index]
+        return str(item_id)
+
+
+def _as_list(values) -> list:
+    if isinstance(values, (str, bytes, int, np.integer)) or not isinstance(values, Sequence | np.ndarray | pd.Index):
+        return [values]
+    return list(values)

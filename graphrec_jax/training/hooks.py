@@ -1,0 +1,202 @@
+"""The loop's periodic actions: loss check, timing, progress, text refresh, evaluation, the
+metrics log, checkpoints and a step limit. Each is a `loop.Hook`; `workdir.train_and_evaluate`
+assembles the list a training job runs, and the benchmarks add their own to the same loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from graphrec_jax.training.loop import Hook, Loop
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stopped before saving the bad state."""
+
+
+class LossMonitor(Hook):
+    """Checks every `every_steps` steps and at each epoch's end that the losses are finite
+    (raising `NonFiniteLossError` before anything saves the bad state), and notes the epoch's
+    mean loss as `record["loss"]`. Reading a loss waits for its step, hence the batching."""
+
+    def __init__(self, every_steps: int = 50):
+        self.every_steps = max(1, every_steps)
+        self.pending: list[tuple[int, jax.Array]] = []
+        self.epoch_losses: list[float] = []
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        self.epoch_losses = []
+
+    def after_step(self, loop: Loop, metrics) -> None:
+        self.pending.append((loop.step, metrics["loss"]))
+        if len(self.pending) >= self.every_steps:
+            self.flush()
+
+    def flush(self) -> None:
+        for step, loss in self.pending:
+            value = float(np.asarray(loss)[0])
+            if not np.isfinite(value):
+                raise NonFiniteLossError(
+                    f"loss became {value} at step {step}; the last good checkpoint is kept. "
+                    "Lower train.learning_rate, or check the input data for extreme values"
+                )
+            self.epoch_losses.append(value)
+        self.pending = []
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        self.flush()
+        loop.record["loss"] = float(np.mean(self.epoch_losses)) if self.epoch_losses else None
+
+
+class EpochTimer(Hook):
+    """Notes `record["epoch_seconds"]`: the epoch's wall time, sampling included, to the end of
+    its last step."""
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        jax.block_until_ready(loop.run.state.step)
+        loop.record["epoch_seconds"] = time.perf_counter() - loop.epoch_started
+
+
+class ProgressBar(Hook):
+    """A tqdm bar over all steps with the epoch and the last checked loss, and a line per
+    evaluation (process 0 only: `enabled`)."""
+
+    def __init__(self, losses: LossMonitor, *, enabled: bool = True, cutoff: int = 20):
+        self.losses, self.enabled, self.cutoff = losses, enabled, cutoff
+
+    def on_start(self, loop: Loop) -> None:
+        total = loop.num_epochs * loop.batches_per_epoch
+        initial = min(loop.start_step, total)
+        self.bar = tqdm(total=total, initial=initial, disable=not self.enabled, unit="batch", dynamic_ncols=True)
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        self.bar.set_description(f"epoch {loop.epoch + 1}/{loop.num_epochs}")
+
+    def after_step(self, loop: Loop, metrics) -> None:
+        if not self.losses.pending and self.losses.epoch_losses:  # just checked: show it
+            self.bar.set_postfix(loss=f"{self.losses.epoch_losses[-1]:.4f}", refresh=False)
+        self.bar.update(1)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if "metrics" in loop.record:
+            self.bar.write(f"epoch {loop.epoch + 1} step {loop.step}: {summary(loop.record, self.cutoff)}")
+
+    def on_end(self, loop: Loop) -> None:
+        self.bar.close()
+
+
+class TextRefresh(Hook):
+    """With a fine-tuned text tower: re-encodes every item at each epoch's start (the items a
+    step does not re-encode read these features) and before each evaluation."""
+
+    def on_start(self, loop: Loop) -> None:
+        self.refreshed_at = loop.start_step  # a fresh or restored run starts with current features
+
+    def on_epoch_start(self, loop: Loop) -> None:
+        if loop.first_batch == 0 and self.refreshed_at != loop.step:
+            self.refresh(loop)
+
+    def refresh(self, loop: Loop) -> None:
+        if loop.run.finetuning is not None:
+            loop.run.refresh_text_features()
+            self.refreshed_at = loop.step
+
+
+class Evaluation(Hook):
+    """Evaluates every `every_epochs` epochs, after the last one, and when a hook before it has
+    asked the loop to stop: `record["metrics"]` (`evaluate(run)`, default `run.evaluate`), timed
+    as `record["eval_seconds_total"]`."""
+
+    def __init__(self, every_epochs: int, *, text: TextRefresh | None = None, evaluate: Callable | None = None):
+        self.every_epochs, self.text, self.evaluate = every_epochs, text, evaluate
+
+    def due(self, loop: Loop) -> bool:
+        finished = loop.epoch + 1
+        return (self.every_epochs > 0 and finished % self.every_epochs == 0) or loop.last_epoch or loop.stop
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if not self.due(loop) or loop.end_epoch:
+            return
+        if self.text is not None:
+            self.text.refresh(loop)
+        started = time.perf_counter()
+        loop.record["metrics"] = self.evaluate(loop.run) if self.evaluate else loop.run.evaluate()
+        loop.record["eval_seconds_total"] = time.perf_counter() - started
+        loop.last_record = record_of(loop.record)
+
+
+def record_of(record: dict) -> dict:
+    """The flat JSON record of an evaluated epoch: epoch, step, loss, epoch_seconds, metrics."""
+    flat = {key: value for key, value in record.items() if key not in ("metrics", "eval_seconds_total")}
+    return {**flat, **record.get("metrics", {})}
+
+
+def summary(record: dict, cutoff: int) -> str:
+    """One line of an evaluated epoch: loss, and recall / NDCG at `cutoff` of every split."""
+    metrics = record.get("metrics", record)
+    keys = [key for key in metrics if key.endswith((f"recall@{cutoff}", f"ndcg@{cutoff}"))]
+    parts = [f"loss {record['loss']:.4f}"] if record.get("loss") is not None else []
+    return ", ".join(parts + [f"{key} {metrics[key]:.4f}" for key in keys])
+
+
+class MetricsLog(Hook):
+    """Appends each evaluated epoch's record to `path` (`metrics.jsonl`, one JSON object a line),
+    flushed and fsynced (process 0 only: `enabled`)."""
+
+    def __init__(self, path: str | Path, *, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if self.enabled and "metrics" in loop.record:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record_of(loop.record)) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+class Checkpointing(Hook):
+    """Saves every `every_steps` steps (0: only with evaluations) and after each evaluation, with
+    its metrics (they rank checkpoints for "best"), through `save(loop, metrics)`. A step is
+    saved once: a periodic save on an evaluated epoch's last step is left to the evaluation's."""
+
+    def __init__(self, save: Callable[[Loop, dict | None], None], *, every_steps: int, evaluation: Evaluation):
+        self.save, self.every_steps, self.evaluation = save, every_steps, evaluation
+
+    def on_start(self, loop: Loop) -> None:
+        self.saved_step = loop.start_step if loop.start_step > 0 else None  # a resumed step is on disk
+
+    def save_once(self, loop: Loop, metrics: dict | None = None) -> None:
+        if self.saved_step != loop.step:
+            self.save(loop, metrics)
+            self.saved_step = loop.step
+
+    def after_step(self, loop: Loop, metrics) -> None:
+        if self.every_steps and loop.step % self.every_steps == 0:
+            epoch_ends = loop.step == (loop.epoch + 1) * loop.batches_per_epoch
+            if not (epoch_ends and self.evaluation.due(loop)):
+                self.save_once(loop)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if "metrics" in loop.record:
+            self.save_once(loop, loop.record["metrics"])
+
+
+class StepLimit(Hook):
+    """Stops the loop after `num_steps` steps from where it started, keeping each step's loss in
+    `losses` (reading a loss waits for its step: for tests and short runs)."""
+
+    def __init__(self, num_steps: int):
+        self.num_steps, self.losses = num_steps, []
+
+    def after_step(self, loop: Loop, metrics) -> None:
+        self.losses.append(float(np.asarray(metrics["loss"])[0]))
+        if loop.step - loop.start_step >= self.num_steps:
+            loop.stop = True

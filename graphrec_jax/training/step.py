@@ -1,0 +1,170 @@
+"""The compiled training step: the train state and the pure `train_step`.
+
+`train_step(state, batch, rng) -> (state, metrics)` is pure, compiled once, and mapped over
+devices with `jax.pmap(..., axis_name="batch")`; gradients are averaged with `lax.pmean`.
+Losses are normalised by the global count of real rows, so 1 device and N devices give
+the same update up to float rounding. The batch is a `batches.Batch` (its docstring gives
+every field's shape and dtype).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from graphrec_jax.devices import AXIS
+from graphrec_jax.models import losses
+from graphrec_jax.models.network import RecommenderModel
+from graphrec_jax.text import finetune
+from graphrec_jax.training.batches import Batch
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. `step` is a scalar int32 array."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
+
+
+def batch_rows(batch: Batch, num_users: int) -> jax.Array:
+    """Node rows the loss reads: users, then positives, then negatives: `[b * (2 + n_neg)]`."""
+    return jnp.concatenate([batch.users, batch.positives + num_users, batch.negatives.reshape(-1) + num_users])
+
+
+def make_train_step(
+    model: RecommenderModel,
+    optimizer: optax.GradientTransformation,
+    *,
+    loss: str,
+    l2_weight: float,
+    num_users: int,
+    softmax_temperature: float = 0.1,
+    axis_name: str | None = AXIS,
+    text_tower=None,
+) -> Callable:
+    """Builds the pure train step for `model`.
+
+    Args:
+      model: the network.
+      optimizer: the optax transformation the state was created with.
+      loss: one of `models.losses.LOSSES`.
+      l2_weight: weight of the L2 penalty on the batch's layer-0 rows (LightGCN's decay).
+      num_users: node offset of items in the graph.
+      softmax_temperature: the in-batch softmax's temperature (`loss="softmax"`).
+      axis_name: the pmap axis to average over, or None for an unmapped step.
+      text_tower: a `text.finetune.TextTower` to fine-tune inside the step on the batch's
+        items; its parameters are `params["text_encoder"]`.
+    """
+    if loss not in losses.LOSSES:
+        raise ValueError(f"loss={loss!r} is not one of {losses.LOSSES}")
+
+    def across_devices(reduce, value):
+        return value if axis_name is None else reduce(value, axis_name)
+
+    def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+        mask = batch.mask
+        batch_size = mask.shape[0]
+        num_negatives = batch.negatives.shape[1]
+        rows = batch_rows(batch, num_users)
+        count = jnp.sum(mask).astype(jnp.float32)
+        # Dividing by the mean count over devices, then averaging gradients with pmean,
+        # equals the single-device mean over all real rows.
+        mean_count = jnp.maximum(across_devices(jax.lax.pmean, count), 1.0)
+        step_rng = jax.random.fold_in(rng, state.step)
+        if axis_name is not None:
+            step_rng = jax.random.fold_in(step_rng, jax.lax.axis_index(axis_name))
+
+        def loss_fn(params):
+            model_params, text_features = params, batch.text_features
+            if text_tower is not None:
+                model_params = finetune.params_without_text(params)
+                text_features = _fresh_text_features(
+                    text_tower, params[finetune.TEXT_PARAMS], batch, num_users, step_rng
+                )
+            representation, inputs = model.apply(
+                {"params": model_params},
+                batch.graph,
+                text_features,
+                rows=rows,
+                deterministic=False,
+                rngs={"dropout": step_rng},
+            )
+            user = representation[:batch_size]
+            positive = representation[batch_size : 2 * batch_size]
+            negative = representation[2 * batch_size :].reshape(batch_size, num_negatives, -1)
+            if loss == "bpr":
+                ranking = losses.bpr_loss_sum(user=user, positive=positive, negative=negative, mask=mask)
+            elif loss == "bce":
+                ranking = losses.bce_loss_sum(user=user, positive=positive, negative=negative, mask=mask)
+            else:
+                ranking = _softmax_loss_sum(user, positive, batch, softmax_temperature, axis_name)
+            penalty = losses.l2_penalty_sum(
+                inputs[:batch_size],
+                inputs[batch_size : 2 * batch_size],
+                inputs[2 * batch_size :].reshape(batch_size, num_negatives, -1),
+                mask=mask,
+            )
+            total = (ranking + l2_weight * penalty) / mean_count
+            return total, (ranking, penalty)
+
+        (_, (ranking, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = across_devices(jax.lax.pmean, grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        total_count = jnp.maximum(across_devices(jax.lax.psum, count), 1.0)
+        ranking = across_devices(jax.lax.psum, ranking) / total_count
+        penalty = across_devices(jax.lax.psum, penalty) / total_count
+        metrics = {"loss": ranking + l2_weight * penalty, "ranking_loss": ranking, "l2_penalty": penalty}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def _fresh_text_features(text_tower, trainable, batch: Batch, num_users, rng):
+    """`text_features` with the batch's items re-encoded by the tower being trained.
+
+    The other items keep the features of the last refresh (constants in this step), so the
+    text gradient flows through exactly the items the tower encoded.
+    """
+    items = batch.text_items
+    fresh = text_tower.embed(
+        trainable,
+        batch.text_prefix[items],
+        batch.text_mask[items],
+        deterministic=False,
+        rng=jax.random.fold_in(rng, 1),
+    )
+    return batch.text_features.at[num_users + items].set(finetune.unit_rows(fresh))
+
+
+def _softmax_loss_sum(user, positive, batch: Batch, temperature, axis_name):
+    items, mask = batch.positives, batch.mask
+    if axis_name is None:
+        candidates, candidate_items, candidate_mask, offset = positive, items, mask, 0
+    else:
+        # Gather every device's positives so the negatives do not depend on the device count.
+        candidates = jax.lax.all_gather(positive, axis_name, tiled=True)
+        candidate_items = jax.lax.all_gather(items, axis_name, tiled=True)
+        candidate_mask = jax.lax.all_gather(mask, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * user.shape[0]
+    target = offset + jnp.arange(user.shape[0])
+    return losses.sampled_softmax_loss_sum(
+        user=user,
+        candidates=candidates,
+        candidate_items=candidate_items,
+        candidate_mask=candidate_mask,
+        target=target,
+        mask=mask,
+        temperature=temperature,
+    )

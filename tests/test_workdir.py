@@ -1,0 +1,213 @@
+"""End to end: train, checkpoint, restore, score; resume, crash, corruption, divergence."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from graphrec_jax.checkpoint import CheckpointStore, CheckpointWarning
+from graphrec_jax.data.errors import DataError
+from graphrec_jax.data.types import UnknownIdError
+from graphrec_jax.serving.recommender import Recommender
+from graphrec_jax.training.hooks import NonFiniteLossError
+from graphrec_jax.training.workdir import train_and_evaluate
+from tests.helpers import REPO_ROOT
+
+TIMING_KEYS = ("epoch_seconds", "eval_seconds")
+
+
+def _comparable(record: dict) -> dict:
+    return {key: value for key, value in record.items() if not key.endswith(TIMING_KEYS)}
+
+
+def _records(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = test_config.get_config()
+    metrics = train_and_evaluate(config, workdir)
+    return config, workdir, metrics
+
+
+def test_training_logs_checkpoints_and_learns(trained):
+    config, workdir, metrics = trained
+    records = _records(workdir)
+    assert [record["epoch"] for record in records] == [2, 4]
+    for key in ("epoch", "step", "loss", "test/recall@10", "test/ndcg@10", "test/coverage@10"):
+        assert key in records[-1]
+    assert records[-1]["loss"] < records[0]["loss"]
+    assert metrics["step"] == records[-1]["step"]
+    # 40 items with ~2 held out per user: random top-10 recall is about 10/33; learning beats it
+    assert metrics["test/recall@10"] > 0.35
+    store = CheckpointStore(workdir, read_only=True)
+    assert store.steps()[-1] == records[-1]["step"]
+    assert (workdir / "config.json").exists()
+
+
+def test_recommender_serves_raw_ids(trained):
+    config, workdir, _ = trained
+    recommender = Recommender.from_checkpoint(workdir)
+    users = recommender.user_ids[:2]
+    assert all(isinstance(user, str) for user in users)
+    table = recommender.recommend(users, k=5)
+    assert list(table.columns) == ["user_id", "rank", "item_id", "score"]
+    assert len(table) == 10
+    for user, rows in table.groupby("user_id"):
+        assert rows["score"].is_monotonic_decreasing
+        seen = set(
+            recommender.setup.dataset.train.items[
+                recommender.setup.dataset.train.users == recommender.user_map.to_index([user])[0]
+            ]
+        )
+        assert not seen & set(recommender.item_map.to_index(list(rows["item_id"])))
+    with_seen = recommender.recommend(users[:1], k=len(recommender.item_ids), exclude_seen=False)
+    assert len(with_seen) == len(recommender.item_ids)
+    scores = recommender.score(users, recommender.item_ids[:3])
+    assert scores.shape == (2, 3)
+    top = table[table.user_id == users[0]].iloc[0]
+    assert recommender.score([users[0]], [top.item_id])[0, 0] == pytest.approx(top.score, rel=1e-5)
+    candidates = recommender.item_ids[:4]
+    limited = recommender.recommend(users[:1], k=10, candidates=candidates)
+    assert set(limited.item_id) <= set(candidates)
+    similar = recommender.similar_items(recommender.item_ids[:2], k=3)
+    assert len(similar) == 6 and not (similar.item_id == similar.similar_item_id).any()
+    with pytest.raises(UnknownIdError, match="unknown user id 'nobody'"):
+        recommender.recommend(["nobody"])
+
+
+def test_rerun_on_finished_workdir_trains_nothing_more(trained):
+    config, workdir, metrics = trained
+    again = train_and_evaluate(config, workdir)
+    assert _comparable(again) == _comparable(metrics)
+    assert len(_records(workdir)) == 2
+
+
+def test_resume_with_more_epochs_equals_one_long_run(trained, tmp_path):
+    config, workdir, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed)
+    longer = test_config.get_config()
+    longer.train.num_epochs = 6
+    resumed_metrics = train_and_evaluate(longer, resumed)
+    straight_metrics = train_and_evaluate(longer, tmp_path / "straight")
+    assert _comparable(resumed_metrics) == _comparable(straight_metrics)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
+    _, workdir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    store = CheckpointStore(copy, read_only=True)
+    latest, previous = store.steps()[-1], store.steps()[-2]
+    state_files = [path for path in (copy / "checkpoints" / str(latest) / "state").rglob("*") if path.is_file()]
+    for path in state_files:
+        if path.stat().st_size > 64:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step, _, _, _ = CheckpointStore(copy, read_only=True).restore(None, None)
+    assert step == previous
+    assert any(issubclass(warning.category, CheckpointWarning) for warning in caught)
+
+
+def test_divergence_stops_with_clear_error_and_keeps_good_checkpoint(trained, tmp_path):
+    _, workdir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    steps_before = CheckpointStore(copy, read_only=True).steps()
+    exploding = test_config.get_config()
+    exploding.train.num_epochs = 6
+    exploding.train.learning_rate = 1e30
+    with pytest.raises(NonFiniteLossError, match="loss became"):
+        train_and_evaluate(exploding, copy)
+    assert CheckpointStore(copy, read_only=True).steps() == steps_before
+    step, _, _, _ = CheckpointStore(copy, read_only=True).restore(None, None)
+    assert step == steps_before[-1]
+
+
+def test_bad_input_fails_before_writing_anything(tmp_path):
+    bad = tmp_path / "ratings.csv"
+    bad.write_text("user_id,item_id\nu1,i1\nu2\n")
+    config = test_config.get_config()
+    config.data.format = "csv"
+    config.data.path = str(bad)
+    workdir = tmp_path / "never"
+    with pytest.raises(DataError):
+        train_and_evaluate(config, workdir)
+    assert not workdir.exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_uninterrupted_metrics(tmp_path):
+    overrides = [
+        "--config.train.num_epochs=24",
+        "--config.train.eval_every_epochs=8",
+        "--config.train.checkpoint_every_steps=5",
+        "--config.train.batch_size=32",
+        "--show_users=0",
+    ]
+
+    def command(workdir):
+        return [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "train.py"),
+            f"--config={REPO_ROOT / 'configs' / 'test.py'}",
+            f"--workdir={workdir}",
+            *overrides,
+        ]
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight), env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    checkpoints = killed / "checkpoints"
+    while time.time() < deadline:
+        steps = [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()] if checkpoints.exists() else []
+        if steps and max(steps) >= 40:
+            break
+        if process.poll() is not None:
+            pytest.fail("the run ended before it could be killed; lengthen it")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    records_before = _records(killed) if (killed / "metrics.jsonl").exists() else []
+    assert len(records_before) < 3, "the kill came after the run had finished"
+
+    subprocess.run(command(killed), env=env, check=True, capture_output=True, timeout=600)
+    assert _comparable(_records(killed)[-1]) == _comparable(_records(straight)[-1])
+    assert [r["epoch"] for r in _records(killed)] == [8, 16, 24]
+    np.testing.assert_allclose(_records(killed)[-1]["test/recall@10"], _records(straight)[-1]["test/recall@10"])
+
+
+def test_init_from_copies_another_runs_best_parameters(trained):
+    from graphrec_jax.data.prepare import prepare_dataset
+    from graphrec_jax.models.setup import build_setup, init_params
+    from graphrec_jax.training.run import initial_params_from
+
+    config, workdir, _ = trained
+    setup = build_setup(config, prepare_dataset(config.data))
+    fresh = init_params(setup, seed=123)
+    copied = initial_params_from(workdir, fresh)
+    best = Recommender.from_checkpoint(workdir).params
+    np.testing.assert_array_equal(copied["node_embedding"], np.asarray(best["node_embedding"]))
+    bigger = test_config.get_config()
+    bigger.model.embedding_dim = 32
+    other = init_params(build_setup(bigger, prepare_dataset(bigger.data)), seed=0)
+    with pytest.raises(ValueError, match="node_embedding"):
+        initial_params_from(workdir, other)
