@@ -46,6 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
     split.test_ratio = 0.2
     split.valid_ratio = 0.0
     split.cold_item_ratio = 0.2
+    split.cold_user_ratio = 0.1  # cold_user: share of users whose every interaction is held out (links stay)
     split.seed = 2020
     # predefined: `train_file` plus `test_files` ("name=path,name=path"), paths relative to data.path.
     split.train_file = ""
@@ -63,6 +64,16 @@ def default_config() -> ml_collections.ConfigDict:
     data.text = text = ml_collections.ConfigDict()
     text.item_fields = "title,brand,categories,description"
     text.user_fields = ""
+    # Item text fields holding comma-separated category or tag labels (diversity, explanations).
+    text.category_fields = "categories,genres,tags"
+    # User-user links (friends, follows): a second edge kind in the graph.
+    data.social = social = ml_collections.ConfigDict()
+    social.path = ""  # a csv/tsv/parquet table of links; empty: no social links (a sociallgn folder has its own)
+    social.user_column = "user"
+    social.friend_column = "friend"
+    social.separator = ""
+    social.directed = False  # False: a link makes both users friends of each other
+    social.unknown_users = "error"  # or "add": users only the links name join as users without interactions
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "lightgcn"
@@ -152,7 +163,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if data.format != "synthetic" and not data.path:
         raise ConfigError(f"data.format={data.format!r} needs data.path (a file or folder)")
     _choice("data.split.method", data.split.method, SPLIT_METHODS)
-    for key in ("test_ratio", "cold_item_ratio"):
+    for key in ("test_ratio", "cold_item_ratio", "cold_user_ratio"):
         value = data.split[key]
         if not 0.0 < value < 1.0:
             raise ConfigError(f"data.split.{key}={value!r} must be between 0 and 1")

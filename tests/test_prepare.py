@@ -202,6 +202,77 @@ def test_amazon_split_cold_and_generic_split(tmp_path):
     assert sorted(_pairs(test)) == [(0, 3), (1, 4), (2, 1)]  # sequence order
 
 
+def test_item_categories_from_amazon_text(tmp_path):
+    folder = _write_amazon(tmp_path / "shop")
+    items = json.loads((folder / "Shop.item.json").read_text())
+    items["0"]["categories"] = "Office Electronics, Telephones & Accessories, Cordless Telephones"
+    items["1"]["categories"] = ["Office Products", " Paper ", "", "Office Products"]  # a list, padded, repeated
+    items["2"]["categories"] = ""
+    (folder / "Shop.item.json").write_text(json.dumps(items))
+    dataset = prepare_dataset(_data_config(format="amazon", path=str(folder)))
+    categories = dict(zip(dataset.item_map.raw_ids.tolist(), dataset.item_categories, strict=True))
+    # Item ids "0".."5" are integer-looking, so they become ints.
+    assert categories[0] == ("Office Electronics", "Telephones & Accessories", "Cordless Telephones")
+    assert categories[1] == ("Office Products", "Paper")
+    assert categories[2] == () and categories[5] == ("C",)
+    assert len(dataset.item_categories) == dataset.num_items
+    two_fields = prepare_dataset(
+        _data_config(format="amazon", path=str(folder), text__category_fields="brand, categories")
+    )
+    assert dict(zip(two_fields.item_map.raw_ids.tolist(), two_fields.item_categories, strict=True))[1] == (
+        "B",
+        "Office Products",
+        "Paper",
+    )
+    assert (
+        prepare_dataset(_data_config(format="amazon", path=str(folder), text__category_fields="")).item_categories
+        is None
+    )
+    assert (
+        prepare_dataset(_data_config(format="amazon", path=str(folder), text__category_fields="genres")).item_categories
+        is None
+    )
+
+
+def test_item_categories_from_movielens_genres_and_synthetic_categories(tmp_path):
+    folder = tmp_path / "ml"
+    folder.mkdir()
+    (folder / "u.data").write_text(
+        "".join(f"{user}\t{item}\t4\t{user * 10 + item}\n" for user in (1, 2) for item in (1, 2, 3))
+    )
+    flags = {1: [0, 1, 1] + [0] * 16, 2: [0] * 19, 3: [0] * 18 + [1]}
+    (folder / "u.item").write_text(
+        "".join(f"{item}|Film {item}|01-Jan-1995||url|{'|'.join(map(str, flags[item]))}\n" for item in (1, 2, 3))
+    )
+    dataset = prepare_dataset(_data_config(format="movielens", path=str(folder)))
+    assert dataset.item_categories == [("Action", "Adventure"), (), ("Western",)]
+    (tmp_path / "events.csv").write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u in (1, 2) for i in range(5)))
+    assert prepare_dataset(_data_config(format="csv", path=str(tmp_path / "events.csv"))).item_categories is None
+
+    synthetic = prepare_dataset(_data_config())
+    assert all(len(labels) >= 2 for labels in synthetic.item_categories)
+    assert synthetic.item_categories[0] == tuple(
+        part.strip() for part in synthetic.item_text[0]["categories"].split(",")
+    )
+    assert synthetic.social is None
+
+
+def test_cold_user_split_from_a_csv(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id\n" + "".join(f"u{user},i{item}\n" for user in range(30) for item in range(4)))
+    config = _data_config(format="csv", path=str(path), split__method="cold_user", split__cold_user_ratio=0.1)
+    dataset = prepare_dataset(config)
+    assert list(dataset.evaluation) == ["test", "cold_users"]
+    cold = dataset.evaluation["cold_users"].interactions
+    assert len(np.unique(cold.users)) == 3 and len(cold) == 12
+    assert not np.isin(dataset.train.users, cold.users).any()
+    assert dataset.num_users == 30  # cold users keep their index
+    again = prepare_dataset(config)
+    assert again.evaluation["cold_users"].interactions.users.tolist() == cold.users.tolist()
+    config.split.seed += 1
+    assert prepare_dataset(config).evaluation["cold_users"].interactions.users.tolist() != cold.users.tolist()
+
+
 def test_amazon_split_file_ids_must_belong_to_the_data(tmp_path):
     folder = _write_amazon(tmp_path / "shop")
     (folder / "split-cold" / "test_cold.txt").write_text("0 3\n9 4\n")

@@ -8,7 +8,9 @@ import pytest
 from graphrec_jax.data import DataError, DataWarning, Interactions
 from graphrec_jax.data.splits import (
     cold_item_split,
+    cold_user_split,
     draw_cold_items,
+    draw_cold_users,
     leave_one_out_split,
     merge_duplicates,
     ratio_split,
@@ -175,5 +177,46 @@ def test_merge_duplicates_keeps_max_rating_and_latest_time():
 
 
 def test_unknown_method_is_an_error():
-    with pytest.raises(DataError, match="data.split.method='random'"):
+    with pytest.raises(DataError, match="data.split.method='random' is not one of .*'cold_user'"):
         split_interactions(_random_interactions(), method="random", num_items=80, test_ratio=0.2)
+
+
+def test_cold_user_split_holds_out_every_interaction_of_a_user_share():
+    data = _random_interactions(num_users=60, per_user=(2, 30))
+    train, evaluation = split_interactions(
+        data, method="cold_user", num_items=80, test_ratio=0.2, cold_user_ratio=0.1, seed=3
+    )
+    assert list(evaluation) == ["test", "cold_users"]
+    cold = evaluation["cold_users"]
+    cold_users = np.unique(cold.interactions.users)
+    assert len(cold_users) == 6 and cold.candidate_items is None
+    is_cold = np.isin(data.users, cold_users)
+    assert _pairs(cold.interactions) == _pairs(data.subset(is_cold))  # all their interactions, nothing else
+    assert not np.isin(train.users, cold_users).any()
+    assert not np.isin(evaluation["test"].interactions.users, cold_users).any()
+    # The other users are split as ratio_split splits them alone.
+    warm_train, warm_evaluation = ratio_split(data.subset(~is_cold), test_ratio=0.2, seed=3)
+    assert _pairs(train) == _pairs(warm_train)
+    assert _pairs(evaluation["test"].interactions) == _pairs(warm_evaluation["test"].interactions)
+    _assert_partition(data, train, evaluation)
+    again = draw_cold_users(data, cold_user_ratio=0.1, seed=3)
+    assert again.tolist() == cold_users.tolist()
+    assert draw_cold_users(data, cold_user_ratio=0.1, seed=4).tolist() != cold_users.tolist()
+
+
+def test_cold_user_split_with_valid_and_only_present_users():
+    data = Interactions(np.array([0, 0, 0, 0, 2, 2, 2, 2, 5, 5]), np.arange(10) % 4)
+    cold = draw_cold_users(data, cold_user_ratio=0.34, seed=0)
+    assert len(cold) == 1 and cold[0] in (0, 2, 5)  # users 1, 3, 4 have no interaction to hold out
+    train, evaluation = cold_user_split(data, cold_users=np.array([5]), test_ratio=0.25, valid_ratio=0.25, seed=0)
+    assert list(evaluation) == ["valid", "test", "cold_users"]
+    assert evaluation["cold_users"].interactions.users.tolist() == [5, 5]
+    assert len(evaluation["valid"].interactions) == 2 and len(evaluation["test"].interactions) == 2
+    _assert_partition(data, train, evaluation)
+
+
+@pytest.mark.parametrize("ratio", [0.01, 0.99])
+def test_cold_user_ratio_must_leave_cold_and_warm_users(ratio):
+    data = _random_interactions(num_users=10)
+    with pytest.raises(DataError, match=rf"data\.split\.cold_user_ratio={ratio} picks \d+ of 10 users"):
+        draw_cold_users(data, cold_user_ratio=ratio, seed=0)

@@ -12,7 +12,15 @@ from pathlib import Path
 from graphrec_jax.data.errors import DataError, DataWarning
 from graphrec_jax.data.prepare import load_dataset, prepare_dataset
 from graphrec_jax.data.synthetic import generate_catalogue
-from graphrec_jax.data.types import Dataset, EvalSplit, IdMap, Interactions, UnknownIdError, load_id_maps
+from graphrec_jax.data.types import (
+    Dataset,
+    EvalSplit,
+    IdMap,
+    Interactions,
+    SocialLinks,
+    UnknownIdError,
+    load_id_maps,
+)
 
 
 def datasets_root() -> Path:
@@ -33,6 +41,7 @@ __all__ = [
     "EvalSplit",
     "IdMap",
     "Interactions",
+    "SocialLinks",
     "UnknownIdError",
     "datasets_root",
     "generate_catalogue",

@@ -7,6 +7,8 @@ known to be good. Host code, not jittable.
 Raw ids: an id kind (users, items) becomes int64 when every id of that kind, across all
 files read, is written as a canonical decimal integer; otherwise all ids of that kind
 stay strings exactly as written ("007" stays "007"). Id maps list ids in sorted order.
+Social links (`data.social.path`, or a SocialLGN folder's trust.txt) are user ids of the
+same kind, unified with the interaction user ids.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from graphrec_jax.data.amazon import read_amazon
 from graphrec_jax.data.errors import DataError, warn
 from graphrec_jax.data.predefined import SplitFiles, build_predefined_splits, read_split_files
 from graphrec_jax.data.readers import RawData, read_movielens, read_table, unify_ids
+from graphrec_jax.data.social import IdPairs, check_unknown_user_policy, links_to_index, read_id_pairs
+from graphrec_jax.data.sociallgn import read_sociallgn
 from graphrec_jax.data.splits import (
     Splits,
     cold_item_split,
@@ -33,7 +37,8 @@ from graphrec_jax.data.splits import (
 from graphrec_jax.data.types import Dataset, IdMap, Interactions
 
 _TABLE_FORMATS = ("csv", "tsv", "parquet")
-FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "synthetic")  # data.format
+FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "sociallgn", "synthetic")  # data.format
+_CATEGORY_FIELDS = "categories,genres,tags"
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
@@ -44,9 +49,14 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
 def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     """Reads, validates and splits the data that `data_config` (the `config.data` block) names.
 
+    Social links: `data.social.path` names a csv/tsv/parquet table of user-user links
+    (columns `data.social.user_column`, `friend_column`); a SocialLGN folder brings its own
+    trust.txt, which `data.social.path` replaces when set. Item categories come from the item
+    text fields named by `data.text.category_fields`.
+
     Raises:
       DataError: for a missing or malformed file, a missing column, an unparsable value, an
-        unknown id in a split file, or a split that leaves training or evaluation empty.
+        unknown id in a split or link file, or a split that leaves training or evaluation empty.
         The message names the file, line or column, and the fix.
     """
     file_format = data_config.format
@@ -56,15 +66,33 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
     if file_format != "synthetic" and not data_config.path:
         raise DataError(f"data.format={file_format!r} needs data.path (a file or folder)")
     path = Path(str(data_config.path)).expanduser()
-    uses_files = split.method == "predefined" and file_format != "synthetic"
+    social = data_config.get("social")
+    unknown_users = check_unknown_user_policy(social.unknown_users) if social is not None else "error"
+    uses_files = split.method == "predefined" and file_format not in ("synthetic", "sociallgn")
+    if file_format == "sociallgn" and (split.folder or split.train_file):
+        raise DataError(
+            "data.format='sociallgn' reads its split from train_set.txt and test_set.txt; "
+            "clear data.split.folder and data.split.train_file"
+        )
     if not uses_files and (split.folder or split.train_file) and file_format != "lightgcn":
         raise DataError(
             f"data.split.folder / data.split.train_file are read only when data.split.method='predefined', "
             f"but it is {split.method!r}; set the method to 'predefined' or clear those keys"
         )
 
-    base, cold_raw = _read_base(data_config, path)
-    files = None
+    links, extra_items, files = None, None, None
+    own_links = social is None or not social.path
+    if file_format == "sociallgn":
+        base, cold_raw, links, extra_items, files = _read_sociallgn(path, split.method, read_links=own_links)
+    else:
+        base, cold_raw = _read_base(data_config, path)
+    if not own_links:
+        links = read_id_pairs(
+            Path(str(social.path)).expanduser(),
+            columns=(social.user_column, social.friend_column),
+            keys=("data.social.user_column", "data.social.friend_column"),
+            separator=social.separator,
+        )
     if uses_files or file_format == "lightgcn":
         # split paths are relative to a table's folder; a missing path is reported as it was given
         folder = path.parent if path.is_file() else path
@@ -83,9 +111,15 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
             "files have none; unset data.rating_threshold"
         )
 
-    user_map, item_map, base, files, cold_raw, item_text = _build_id_maps(base, files, cold_raw)
+    user_map, item_map, base, files, cold_raw, item_text, links = _build_id_maps(
+        base, files, cold_raw, links=links, add_link_users=unknown_users == "add", extra_items=extra_items
+    )
     # Typed (int64 or str) indexes: hashing Python objects would make Gowalla-size lookups slow.
     user_index, item_index = pd.Index(user_map.raw_ids.tolist()), pd.Index(item_map.raw_ids.tolist())
+    social_links = None
+    if links is not None:
+        directed = bool(social.directed) if social is not None else False
+        social_links = links_to_index(links, user_index, directed=directed)
     if files is not None:
         defined_by = base.source if base is not None else "the split files"
         train, evaluation = build_predefined_splits(files, user_index, item_index, defined_by=defined_by)
@@ -95,7 +129,18 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         train, evaluation = _split(interactions, split, len(item_map), cold_raw, item_index)
 
     name = data_config.name or (base.name if base is not None else path.name) or file_format
-    dataset = Dataset(user_map, item_map, train, evaluation, item_text=item_text, name=str(name))
+    text_config = data_config.get("text") or {}
+    categories = item_categories(item_text, text_config.get("category_fields", _CATEGORY_FIELDS))
+    dataset = Dataset(
+        user_map,
+        item_map,
+        train,
+        evaluation,
+        item_text=item_text,
+        name=str(name),
+        social=social_links,
+        item_categories=categories,
+    )
     validate_dataset(dataset, split)
     return dataset
 
@@ -128,6 +173,26 @@ def _read_base(data_config, path: Path) -> tuple[RawData | None, list[str] | Non
     return None, None
 
 
+def _read_sociallgn(path: Path, method: str, *, read_links: bool):
+    """A SocialLGN folder as (base table of train and test, None, trust links, every item, split files or None).
+
+    The base table defines the users and, with the artist text and the full index range, the
+    items; "predefined" keeps the files' split, any other method re-splits their union.
+    Without `read_links` (data.social.path replaces trust.txt) the links are None.
+    """
+    folder = read_sociallgn(path, read_links=read_links)
+    files = SplitFiles(folder.train, {"test": folder.test})
+    flat = _flatten(files)
+    base = RawData(flat.interactions, folder.source, folder.item_text, folder.name)
+    if method not in ("predefined", "cold_user"):
+        warn(
+            f"data.format='sociallgn' ships its own train/test split, but data.split.method={method!r} "
+            "re-splits the union of its files; set data.split.method='predefined' to use the files' split"
+        )
+    extra_items = np.arange(folder.num_items, dtype=np.int64)
+    return base, None, folder.links, extra_items, files if method == "predefined" else None
+
+
 def _flatten(files: SplitFiles) -> RawData:
     parts = [files.train, *files.evaluation.values()]
     table = pd.DataFrame(
@@ -153,11 +218,20 @@ def _apply_rating_threshold(base: RawData, threshold: float | None) -> RawData:
     return RawData(kept, base.source, base.item_text, base.name)
 
 
-def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: list | None):
+def _build_id_maps(
+    base: RawData | None,
+    files: SplitFiles | None,
+    cold_raw: list | None,
+    *,
+    links: IdPairs | None = None,
+    add_link_users: bool = False,
+    extra_items: np.ndarray | None = None,
+):
     """Unifies id types across every source and builds sorted id maps.
 
-    With a base table, the maps hold its users and items (plus every item with text); split
-    files must then use those ids. LightGCN files define the ids themselves.
+    With a base table, the maps hold its users and items (plus every item with text and
+    `extra_items`); split files must then use those ids. LightGCN files define the ids
+    themselves. Users only `links` name join the user map when `add_link_users`.
     """
     users, items = {}, {}
     if base is not None:
@@ -173,11 +247,20 @@ def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: lis
             items[f"{name}:pairs"] = part.items
         if files.cold_items is not None:
             items["cold"] = files.cold_items
+    if links is not None:
+        users["links:user"], users["links:friend"] = links.first, links.second
+    if extra_items is not None:
+        items["extra"] = extra_items
     users = dict(zip(users, unify_ids(list(users.values())), strict=True))
     items = dict(zip(items, unify_ids(list(items.values())), strict=True))
 
-    defining = ("base", "text") if base is not None else tuple(items)
-    user_map = IdMap("user", _sorted_unique([column for key, column in users.items() if base is None or key == "base"]))
+    def defines_users(key: str) -> bool:
+        if key.startswith("links:"):
+            return add_link_users
+        return base is None or key == "base"
+
+    defining = ("base", "text", "extra") if base is not None else tuple(items)
+    user_map = IdMap("user", _sorted_unique([column for key, column in users.items() if defines_users(key)]))
     item_map = IdMap("item", _sorted_unique([column for key, column in items.items() if key in defining]))
 
     item_text = None
@@ -193,8 +276,10 @@ def _build_id_maps(base: RawData | None, files: SplitFiles | None, cold_raw: lis
         }
         if files.cold_items is not None:
             files.cold_items = items["cold"]
+    if links is not None:
+        links = dataclasses.replace(links, first=users["links:user"], second=users["links:friend"])
     cold = items["cold"] if cold_raw else None
-    return user_map, item_map, base, files, cold, item_text
+    return user_map, item_map, base, files, cold, item_text, links
 
 
 def _file_ids(users: dict, items: dict, name: str) -> dict:
@@ -216,6 +301,24 @@ def _text_per_item(item_map: IdMap, texts: dict) -> list[dict[str, str]]:
     return [dict(texts.get(raw, empty)) for raw in item_map.raw_ids.tolist()]
 
 
+def item_categories(item_text: list[dict[str, str]] | None, category_fields: str) -> list[tuple[str, ...]] | None:
+    """Per item, the comma-separated labels of its `category_fields` text fields, in order, each once.
+
+    `category_fields` is a comma-separated list of field names ("categories,genres,tags");
+    fields the text does not have are skipped. None when there is no item text or none of
+    the fields occurs.
+    """
+    fields = [field.strip() for field in str(category_fields or "").split(",") if field.strip()]
+    present = [field for field in fields if item_text and any(field in text for text in item_text)]
+    if not present:
+        return None
+    categories = []
+    for text in item_text:
+        labels = (label.strip() for field in present for label in text.get(field, "").split(","))
+        categories.append(tuple(dict.fromkeys(label for label in labels if label)))
+    return categories
+
+
 def _to_index_space(base: RawData, user_index: pd.Index, item_index: pd.Index) -> Interactions:
     table = base.interactions
     return Interactions(
@@ -231,7 +334,7 @@ def _split(interactions: Interactions, split, num_items: int, cold_raw, item_ind
         if split.method == "predefined":
             raise DataError(
                 "data.split.method='predefined' needs split files, and the synthetic catalogue has none; "
-                "choose 'ratio', 'leave_one_out', 'temporal' or 'cold_item' (or set "
+                "choose 'ratio', 'leave_one_out', 'temporal', 'cold_item' or 'cold_user' (or set "
                 "data.synthetic.cold_item_ratio > 0 for its built-in warm/cold split)"
             )
         return split_interactions(
@@ -241,6 +344,7 @@ def _split(interactions: Interactions, split, num_items: int, cold_raw, item_ind
             test_ratio=split.test_ratio,
             valid_ratio=split.valid_ratio,
             cold_item_ratio=split.cold_item_ratio,
+            cold_user_ratio=split.get("cold_user_ratio", 0.1),
             seed=split.seed,
         )
     # The demo catalogue with cold items carries its own cold split: its newest items.
@@ -280,3 +384,12 @@ def validate_dataset(dataset: Dataset, split=None) -> None:
             raise DataError(f"{dataset.name}: evaluation split {name!r} has no candidate items")
     if dataset.item_text is not None and len(dataset.item_text) != dataset.num_items:
         raise DataError(f"{dataset.name}: item text covers {len(dataset.item_text)} of {dataset.num_items} items")
+    if dataset.item_categories is not None and len(dataset.item_categories) != dataset.num_items:
+        raise DataError(
+            f"{dataset.name}: item categories cover {len(dataset.item_categories)} of {dataset.num_items} items"
+        )
+    social = dataset.social
+    if social is not None and len(social):
+        ends = (min(social.users.min(), social.friends.min()), max(social.users.max(), social.friends.max()))
+        if not 0 <= int(ends[0]) <= int(ends[1]) < dataset.num_users:
+            raise DataError(f"{dataset.name}: a social link names a user index outside [0, {dataset.num_users})")

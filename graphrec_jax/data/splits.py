@@ -1,8 +1,9 @@
-"""Train/evaluation splits of interactions in index space: ratio, leave-one-out, temporal, cold-item.
+"""Train/evaluation splits of interactions in index space: ratio, leave-one-out, temporal, cold-item, cold-user.
 
 Every function is deterministic given its seed and keeps rows in their input order
-within each part. Evaluation splits are named "test" (and "valid"), or "warm" and
-"cold" for a cold-item split. Predefined splits read from files live in `predefined.py`.
+within each part. Evaluation splits are named "test" (and "valid"), "warm" and "cold"
+for a cold-item split, or "test" and "cold_users" for a cold-user split. Predefined
+splits read from files live in `predefined.py`.
 Host code (numpy), not jittable.
 """
 
@@ -18,7 +19,8 @@ Splits = tuple[Interactions, dict[str, EvalSplit]]
 
 
 # data.split.method: how held-out interactions are chosen ("predefined" reads them from split files).
-SPLIT_METHODS = ("ratio", "leave_one_out", "temporal", "cold_item", "predefined")
+SPLIT_METHODS = ("ratio", "leave_one_out", "temporal", "cold_item", "cold_user", "predefined")
+
 
 def index_mask(indices: np.ndarray, size: int) -> np.ndarray:
     """`[size]` bool, True at each of the integer `indices` (a set-membership table for index arrays)."""
@@ -207,6 +209,43 @@ def cold_item_split(
     return train, evaluation
 
 
+def draw_cold_users(interactions: Interactions, *, cold_user_ratio: float, seed: int) -> np.ndarray:
+    """`[c]` sorted int32 indices: a random `cold_user_ratio` of the users that occur in `interactions`."""
+    present = sorted_unique(interactions.users)
+    num_cold = int(_round(np.asarray(cold_user_ratio * len(present))))
+    if not 0 < num_cold < len(present):
+        raise DataError(
+            f"data.split.cold_user_ratio={cold_user_ratio} picks {num_cold} of {len(present)} users with "
+            "interactions; choose a ratio that leaves at least one cold and one warm user"
+        )
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(present, size=num_cold, replace=False)).astype(np.int32)
+
+
+def cold_user_split(
+    interactions: Interactions,
+    *,
+    cold_users: np.ndarray,
+    test_ratio: float,
+    valid_ratio: float = 0.0,
+    seed: int = 0,
+) -> Splits:
+    """Every interaction of a `cold_users` user to "cold_users"; the rest split per user into train/"test".
+
+    A cold user has no training interaction at all, so only side information (social
+    links, user text) can place them; their social links are not touched here. The other
+    users' interactions are split by `ratio_split` ("test", and "valid" with `valid_ratio`).
+    Every split ranks all items.
+    """
+    size = max(int(interactions.users.max(initial=-1)), int(np.max(cold_users, initial=-1))) + 1
+    is_cold = index_mask(np.asarray(cold_users, dtype=np.int64), size)[interactions.users]
+    train, evaluation = ratio_split(
+        interactions.subset(~is_cold), test_ratio=test_ratio, valid_ratio=valid_ratio, seed=seed
+    )
+    evaluation["cold_users"] = EvalSplit(interactions.subset(is_cold))
+    return train, evaluation
+
+
 def split_interactions(
     interactions: Interactions,
     *,
@@ -215,9 +254,10 @@ def split_interactions(
     test_ratio: float,
     valid_ratio: float = 0.0,
     cold_item_ratio: float = 0.2,
+    cold_user_ratio: float = 0.1,
     seed: int = 0,
 ) -> Splits:
-    """Dispatches on `method` ("ratio", "leave_one_out", "temporal", "cold_item")."""
+    """Dispatches on `method` ("ratio", "leave_one_out", "temporal", "cold_item", "cold_user")."""
     if method == "ratio":
         return ratio_split(interactions, test_ratio=test_ratio, valid_ratio=valid_ratio, seed=seed)
     if method == "leave_one_out":
@@ -234,4 +274,11 @@ def split_interactions(
             valid_ratio=valid_ratio,
             seed=seed,
         )
-    raise DataError(f"data.split.method={method!r} is not one of 'ratio', 'leave_one_out', 'temporal', 'cold_item'")
+    if method == "cold_user":
+        cold_users = draw_cold_users(interactions, cold_user_ratio=cold_user_ratio, seed=seed)
+        return cold_user_split(
+            interactions, cold_users=cold_users, test_ratio=test_ratio, valid_ratio=valid_ratio, seed=seed
+        )
+    raise DataError(
+        f"data.split.method={method!r} is not one of 'ratio', 'leave_one_out', 'temporal', 'cold_item', 'cold_user'"
+    )

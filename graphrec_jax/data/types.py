@@ -148,6 +148,39 @@ class EvalSplit:
 
 
 @dataclasses.dataclass
+class SocialLinks:
+    """User-user links (friends, trust, follows) in index space. Both arrays have shape `[n]`.
+
+    Link `i` says user `users[i]` follows (trusts) user `friends[i]`: in a social model
+    `users[i]` aggregates from `friends[i]`. Undirected data holds both directions of every
+    friendship, so `n` is twice the number of friendships; directed data holds each link as
+    given. Links are distinct, never join a user to themself, and are sorted by
+    (user, friend), so each user's friends form one contiguous run.
+
+    Attributes:
+      users: int32 user index of each link's follower (the aggregating side).
+      friends: int32 user index of each link's followee (the side aggregated from).
+    """
+
+    users: np.ndarray
+    friends: np.ndarray
+
+    def __post_init__(self):
+        self.users = np.asarray(self.users, dtype=np.int32)
+        self.friends = np.asarray(self.friends, dtype=np.int32)
+        if self.users.shape != self.friends.shape or self.users.ndim != 1:
+            raise ValueError(f"users {self.users.shape} and friends {self.friends.shape} must be equal 1-D shapes")
+        if (self.users == self.friends).any():
+            raise ValueError("social links must not join a user to themself; drop self-links first")
+        keys = self.users.astype(np.int64) << 32 | self.friends.astype(np.int64)
+        if (np.diff(keys) <= 0).any():
+            raise ValueError("social links must be distinct and sorted by (user, friend)")
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclasses.dataclass
 class Dataset:
     """A dataset ready for training: id maps, training interactions, evaluation splits, text.
 
@@ -160,6 +193,10 @@ class Dataset:
       item_text: per item index, a dict of text fields (title, description, ...), or None.
       user_text: per user index, a dict of text fields, or None.
       name: a short human-readable name for logs.
+      social: user-user links (see `SocialLinks`), or None when the data has none. Users
+        known only from links (no interactions) and users of a cold-user split keep theirs.
+      item_categories: per item index, its category or tag labels in order (empty tuple
+        for an item without any), or None when the data has no such labels.
     """
 
     user_map: IdMap
@@ -169,6 +206,8 @@ class Dataset:
     item_text: list[dict[str, str]] | None = None
     user_text: list[dict[str, str]] | None = None
     name: str = "dataset"
+    social: SocialLinks | None = None
+    item_categories: list[tuple[str, ...]] | None = None
 
     @property
     def num_users(self) -> int:
