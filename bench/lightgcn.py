@@ -84,7 +84,7 @@ class BenchmarkLog(Hook):
 
     def on_epoch_end(self, loop):
         # After LossMonitor and EpochTimer, before Evaluation: the budget check must come first,
-        # so that the evaluation sees the stop request and evaluates once more.
+        # so that the evaluation sees the request and evaluates once more.
         record = loop.record
         batches = loop.step - max(loop.epoch * loop.batches_per_epoch, loop.start_step)
         entry = {
@@ -100,7 +100,7 @@ class BenchmarkLog(Hook):
         self.eval_cpu_before = cpu_snapshot()
         budget = self.args.time_budget_s
         if budget > 0 and time.perf_counter() - self.run_started >= budget:
-            loop.stop = True
+            loop.stop = loop.evaluate_now = True
             print(f"time budget of {budget:.0f}s spent at epoch {loop.epoch + 1}", flush=True)
 
 

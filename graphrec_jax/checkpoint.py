@@ -34,6 +34,23 @@ class CheckpointWarning(UserWarning):
     """A checkpoint could not be restored and an older one was used."""
 
 
+class CheckpointError(RuntimeError):
+    """No usable checkpoint: none in the workdir, none that restores, or one whose contents do
+    not describe a model this version can serve. The message says which and what to do."""
+
+
+class _RoutineOrbaxNotice(logging.Filter):
+    """Drops Orbax's notices about what a read-only open implies (`Given directory is read
+    only`, `setting save_interval_steps=0`): true of every restore, of no use to a user."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("read only" in message or "read_only=True" in message)
+
+
+logging.getLogger("absl").addFilter(_RoutineOrbaxNotice())
+
+
 def checkpoint_directory(workdir: str | Path) -> Path:
     return Path(workdir).resolve() / CHECKPOINT_DIRECTORY
 
@@ -86,7 +103,12 @@ class CheckpointStore:
         metadata: dict[str, Any],
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Writes checkpoint `step`. `state` and `arrays` are pytrees of host or device arrays."""
+        """Writes checkpoint `step`. `state` and `arrays` are pytrees of host or device arrays.
+
+        A step already on disk is left as it is (saving a step twice is an Orbax error)."""
+        if step in self.manager.all_steps():
+            log.info("checkpoint %s already exists; not saving it again", self.directory / str(step))
+            return
         metadata = dict(metadata, metrics=metrics or {})
         orbax_metrics = None
         if metrics and self.best_metric in metrics:
@@ -144,11 +166,11 @@ class CheckpointStore:
           step: a specific step; None tries the latest first, then older ones.
 
         Returns:
-          (step, state, arrays, metadata). Raises FileNotFoundError when nothing restores.
+          (step, state, arrays, metadata). Raises CheckpointError when nothing restores.
         """
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise CheckpointError(f"no checkpoint in {self.directory}")
         failures = []
         for candidate in candidates:
             try:
@@ -173,7 +195,7 @@ class CheckpointStore:
                     )
                 continue
             return candidate, restored["state"], restored["arrays"], metadata
-        raise FileNotFoundError(f"no checkpoint in {self.directory} could be restored:\n  " + "\n  ".join(failures))
+        raise CheckpointError(f"no checkpoint in {self.directory} could be restored: " + "; ".join(failures))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

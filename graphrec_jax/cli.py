@@ -1,20 +1,73 @@
 """What the scripts in `scripts/` do, as functions: train, evaluate, score.
 
 Each prints for a person at a terminal; the Python API underneath is
-`training.workdir.train_and_evaluate`, `serving.Recommender` and `serving.evaluation.evaluate_model`.
+`training.workdir.train_and_evaluate`, `serving.recommender.Recommender` and
+`serving.evaluation.evaluate_model`. `run_script` gives every script the same answer to a user
+error: one line, `error: <message>`, on stderr and exit status 2 (`--verbose` or
+`GRAPHREC_VERBOSE=1` shows the traceback); an unexpected exception keeps its traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from graphrec_jax import devices
+
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 128 + signal.SIGTERM  # what a scheduler expects of a job it sent SIGTERM
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a script reports in one line: bad config, data, ids, checkpoints, requests."""
+    from graphrec_jax.checkpoint import CheckpointError
+    from graphrec_jax.config import ConfigError
+    from graphrec_jax.data.errors import DataError
+    from graphrec_jax.data.types import UnknownIdError
+    from graphrec_jax.serving.recommender import RequestError
+    from graphrec_jax.training.hooks import NonFiniteLossError
+
+    return (
+        ConfigError,
+        DataError,
+        UnknownIdError,
+        CheckpointError,
+        RequestError,
+        NonFiniteLossError,
+        devices.DistributedSetupError,
+        FileNotFoundError,
+    )
+
+
+def run_script(main: Callable[[], object], *, verbose: bool = False) -> None:
+    """Runs a script's `main()` and exits: 0 when it returns, 2 with `error: <message>` for a user
+    error, 143 after a preemption's checkpoint, 130 on Ctrl-C; other exceptions propagate."""
+    from graphrec_jax.training.hooks import Preempted
+
+    verbose = verbose or os.environ.get("GRAPHREC_VERBOSE", "") not in ("", "0")
+    try:
+        main()
+    except Preempted as error:
+        print(f"preempted: {error}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except user_errors() as error:
+        if verbose:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(0)
 
 
 def _setup_logging() -> None:
@@ -33,21 +86,33 @@ def run_training(
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> dict:
-    """Trains with `config` in `workdir`, prints the final metrics and a few users' top-10."""
+    """Trains with `config` in `workdir`, prints the final metrics and a few users' top-10.
+
+    In a multi-process run every process restores the model for the top-10 (a restore is a
+    collective), process 0 prints, and every process leaves the distributed runtime before it
+    returns, so none is left waiting for another.
+    """
     _setup_logging()
     devices.initialize_distributed(coordinator_address, num_processes, process_id)
-    from graphrec_jax.training.workdir import train_and_evaluate
+    try:
+        from graphrec_jax.training.workdir import train_and_evaluate
 
-    metrics = train_and_evaluate(config, workdir)
-    if not devices.is_primary_process():
+        metrics = train_and_evaluate(config, workdir)
+        primary = devices.is_primary_process()
+        if primary:
+            print(json.dumps({key: value for key, value in metrics.items() if not key.endswith("seconds")}))
+        if show_users > 0:
+            from graphrec_jax.serving.recommender import Recommender
+
+            recommender = Recommender.from_checkpoint(workdir)
+            if primary:
+                print(format_recommendations(recommender, recommender.user_ids[:show_users], k=10))
         return metrics
-    print(json.dumps({key: value for key, value in metrics.items() if not key.endswith("seconds")}))
-    if show_users > 0:
-        from graphrec_jax.serving.recommender import Recommender
-
-        recommender = Recommender.from_checkpoint(workdir)
-        print(format_recommendations(recommender, recommender.user_ids[:show_users], k=10))
-    return metrics
+    finally:
+        # JAX's preemption service keeps a SIGTERM handler of its own: give SIGTERM back its
+        # default action, so that a process can always be stopped.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        devices.shutdown_distributed()
 
 
 def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
@@ -61,11 +126,13 @@ def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None) -> dict:
-    """Restores a checkpoint, re-reads its dataset, evaluates every split; prints JSON last."""
+def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None, out: str | None = None) -> dict:
+    """Restores a checkpoint, re-reads its dataset, evaluates every split; prints JSON last (and
+    writes it to `out` when given, atomically)."""
     _setup_logging()
     from graphrec_jax.config import cutoffs
     from graphrec_jax.data.prepare import prepare_dataset
+    from graphrec_jax.files import write_atomic
     from graphrec_jax.models.setup import build_setup
     from graphrec_jax.serving.evaluation import evaluate_model
     from graphrec_jax.serving.recommender import Recommender
@@ -84,22 +151,38 @@ def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None
         representations=np.concatenate([recommender.user_representations, recommender.item_representations]),
     )
     metrics = {"step": recommender.step, **metrics}
+    if out:
+        write_atomic(out, json.dumps(metrics, indent=1))
     print(json.dumps(metrics))
     return metrics
 
 
 def _check_same_data(dataset, recommender, workdir: str) -> None:
+    from graphrec_jax.data.errors import DataError
+
     same = (
         dataset.num_users == len(recommender.user_map)
         and dataset.num_items == len(recommender.item_map)
         and len(dataset.train) == len(recommender.setup.dataset.train)
     )
     if not same:
-        raise ValueError(
+        raise DataError(
             f"the data at data.path={recommender.config.data.path!r} no longer matches the data the "
             f"model in {workdir} was trained on ({len(recommender.user_map)} users, "
             f"{len(recommender.item_map)} items, {len(recommender.setup.dataset.train)} training interactions)"
         )
+
+
+def read_user_ids(path: str) -> list[str]:
+    """One raw user id per line (blank lines skipped; ids may hold commas and spaces)."""
+    from graphrec_jax.data.errors import DataError
+    from graphrec_jax.data.readers import decode_text, require_file
+
+    file = require_file(Path(path), "users file", "pass --users-file a text file with one user id per line")
+    ids = [line.strip() for line in decode_text(file).splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path} holds no user ids; expected one per line")
+    return ids
 
 
 def run_scoring(
@@ -111,28 +194,30 @@ def run_scoring(
     exclude_seen: bool = True,
     which: str = "best",
 ) -> None:
-    """Writes top-`k` recommendations for `users` (None: all users) to `out` (.csv or .json)."""
+    """Writes top-`k` recommendations for `users` (None: all users) to `out` (.csv or .json),
+    atomically."""
     _setup_logging()
-    from graphrec_jax.serving.recommender import Recommender
+    from graphrec_jax.files import write_atomic
+    from graphrec_jax.serving.recommender import Recommender, RequestError, check_k
 
     path = Path(out)
     if path.suffix.lower() not in (".csv", ".json"):
-        raise ValueError(f"--out {out}: the file must end in .csv or .json")
+        raise RequestError(f"--out {out}: the file must end in .csv or .json")
+    check_k(k, "--k")
     recommender = Recommender.from_checkpoint(workdir, which=which)
     if users is None:
         user_ids = recommender.user_ids
     else:
         user_ids = [_match_id(user, recommender.user_map) for user in users]
     table = recommender.recommend(user_ids, k=k, exclude_seen=exclude_seen)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".csv":
-        table.to_csv(path, index=False)
+        write_atomic(path, table.to_csv(index=False))
     else:
         payload = {
             str(user_id): [{"item_id": _plain(row.item_id), "score": row.score} for row in rows.itertuples()]
             for user_id, rows in table.groupby("user_id", sort=False)
         }
-        path.write_text(json.dumps(payload, indent=1))
+        write_atomic(path, json.dumps(payload, indent=1))
     print(f"wrote {len(table)} recommendations for {len(user_ids)} users to {path}", file=sys.stderr)
 
 

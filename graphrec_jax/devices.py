@@ -43,6 +43,10 @@ def unreplicate(tree: Any) -> Any:
     return jax.tree.map(lambda leaf: np.asarray(np.asarray(leaf.addressable_shards[0].data)[0]), tree)
 
 
+class DistributedSetupError(ValueError):
+    """The multi-process flags do not describe a run (an address without a process count, ...)."""
+
+
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
     """Joins a multi-process run with `jax.distributed.initialize` when an address is given.
 
@@ -52,12 +56,12 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
     """
     if not coordinator_address:
         if num_processes not in (None, 1) or process_id not in (None, 0):
-            raise ValueError("--num_processes/--process_id need --coordinator_address HOST:PORT")
+            raise DistributedSetupError("--num_processes/--process_id need --coordinator_address HOST:PORT")
         return
     if num_processes is None or process_id is None:
-        raise ValueError("--coordinator_address needs --num_processes N and --process_id I as well")
+        raise DistributedSetupError("--coordinator_address needs --num_processes N and --process_id I as well")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id={process_id} must lie in [0, {num_processes})")
+        raise DistributedSetupError(f"--process_id={process_id} must lie in [0, {num_processes})")
     # Must run before any backend starts; it only affects CPU devices.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
@@ -70,6 +74,13 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
         jax.local_device_count(),
         jax.device_count(),
     )
+
+
+def shutdown_distributed() -> None:
+    """Leaves JAX's multi-process runtime (a no-op in a single-process run). Every process of a
+    run calls it at the same point, after its last collective."""
+    if jax.distributed.is_initialized():
+        jax.distributed.shutdown()
 
 
 def is_primary_process() -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from graphrec_jax.cli import run_script
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.text.item_text import amazon_item_texts, parse_fields, read_texts_file
 from graphrec_jax.text.pretraining import pretrain_mlm
@@ -34,14 +35,19 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args()
+    if not (args.texts_file or args.data_path):
+        parser.error("pass --data-path (with --data-format amazon) or --texts-file")
+    run_script(lambda: pretrain(args), verbose=args.verbose)
+
+
+def pretrain(args) -> None:
 
     if args.texts_file:
         texts = read_texts_file(args.texts_file)
-    elif args.data_path:
-        texts = amazon_item_texts(args.data_path, parse_fields(args.text_fields), args.data_name)
     else:
-        parser.error("pass --data-path (with --data-format amazon) or --texts-file")
+        texts = amazon_item_texts(args.data_path, parse_fields(args.text_fields), args.data_name)
     result = pretrain_mlm(
         args.encoder,
         texts,

@@ -1,12 +1,16 @@
-"""Write top-K recommendations with raw ids to a CSV or JSON file.
+"""Write top-K recommendations with raw ids to a CSV or JSON file (written atomically).
 
 python scripts/score.py --workdir runs/demo --users user_0001,user_0002 --k 10 --out recs.csv
+python scripts/score.py --workdir runs/demo --users-file users.txt --k 10 --out recs.csv   # one id per line
 python scripts/score.py --workdir runs/demo --all-users --k 20 --out recs.json
+
+A user error (an unknown user id, a bad --k) ends in one line `error: ...` and exit status 2
+(`--verbose` shows the traceback).
 """
 
 import argparse
 
-from graphrec_jax.cli import run_scoring
+from graphrec_jax.cli import read_user_ids, run_script, run_scoring
 from graphrec_jax.host_memory import use_huge_pages
 
 
@@ -15,20 +19,27 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="run directory of a training run")
     users = parser.add_mutually_exclusive_group(required=True)
     users.add_argument("--users", help="comma-separated raw user ids")
+    users.add_argument("--users-file", help="a text file with one raw user id per line (ids may hold commas)")
     users.add_argument("--all-users", action="store_true", help="score every known user")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user")
     parser.add_argument("--out", required=True, help="output file, .csv or .json")
     parser.add_argument("--include-seen", action="store_true", help="also recommend the user's training items")
     parser.add_argument("--which", choices=["best", "latest"], default="best", help="checkpoint to restore")
+    parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args()
-    run_scoring(
-        args.workdir,
-        args.out,
-        users=None if args.all_users else args.users.split(","),
-        k=args.k,
-        exclude_seen=not args.include_seen,
-        which=args.which,
-    )
+
+    def score():
+        if args.all_users:
+            user_ids = None
+        elif args.users_file:
+            user_ids = read_user_ids(args.users_file)
+        else:
+            user_ids = [user for user in args.users.split(",") if user]
+        run_scoring(
+            args.workdir, args.out, users=user_ids, k=args.k, exclude_seen=not args.include_seen, which=args.which
+        )
+
+    run_script(score, verbose=args.verbose)
 
 
 if __name__ == "__main__":

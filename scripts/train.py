@@ -7,12 +7,16 @@ Any config key can be overridden with --config.KEY=VALUE. Running the same comma
 on the same workdir resumes from its latest checkpoint. For a multi-process run, start one
 process per host (or per device group) with --coordinator_address, --num_processes and
 --process_id (the arguments of jax.distributed.initialize).
+
+A user error (bad config, bad data) ends in one line `error: ...` and exit status 2
+(`--verbose` shows the traceback). On SIGTERM (preemption) training saves a checkpoint at the
+next step and exits with status 143; the same command resumes.
 """
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from graphrec_jax.cli import run_training
+from graphrec_jax.cli import run_script, run_training
 from graphrec_jax.host_memory import use_huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
@@ -21,19 +25,23 @@ _SHOW_USERS = flags.DEFINE_integer("show_users", 3, "Print this many users' top-
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+_VERBOSE = flags.DEFINE_boolean("verbose", False, "Show the traceback of a user error.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    run_training(
-        _CONFIG.value,
-        _WORKDIR.value,
-        show_users=_SHOW_USERS.value,
-        coordinator_address=_COORDINATOR.value,
-        num_processes=_NUM_PROCESSES.value,
-        process_id=_PROCESS_ID.value,
+    run_script(
+        lambda: run_training(
+            _CONFIG.value,
+            _WORKDIR.value,
+            show_users=_SHOW_USERS.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        ),
+        verbose=_VERBOSE.value,
     )
 
 

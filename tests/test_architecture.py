@@ -22,7 +22,7 @@ ALLOWED = {
     "text": {"data", "optimizers"},
     "graph": {"kernels", "data"},
     "models": {"graph", "text", "kernels", "data"},
-    "serving": {"models", "graph", "text", "kernels", "data", "checkpoint", "config", "devices"},
+    "serving": {"models", "graph", "text", "kernels", "data", "checkpoint", "config", "devices", "files"},
     "training": {
         "serving",
         "models",
@@ -33,9 +33,11 @@ ALLOWED = {
         "checkpoint",
         "config",
         "devices",
+        "files",
         "optimizers",
         "plots",
     },
+    "files": set(),
     "optimizers": set(),
     "devices": set(),
     "host_memory": set(),
@@ -154,7 +156,8 @@ def test_no_import_cycles():
 
 def test_every_package_has_a_floor():
     packages = {floor(module_name(path)) for path in PACKAGE.rglob("*.py")} - {""}
-    assert packages <= set(ALLOWED) | {"cli"}, f"give these a floor in ALLOWED: {packages - set(ALLOWED)}"
+    unplaced = packages - set(ALLOWED) - {"cli"}  # cli is the top edge: it may import anything
+    assert not unplaced, f"give these a floor in ALLOWED: {unplaced}"
 
 
 def test_the_walk_catches_a_serving_module_importing_training(tmp_path):

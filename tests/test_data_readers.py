@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -220,7 +222,10 @@ def test_amazon_name_must_be_unambiguous(tmp_path):
             "user_id,item_id,timestamp\n1,2,2020-01-01\n1,3,someday\n",
             r"line 3, column 'timestamp': 'someday'",
         ),
-        ("user_id,item_id\n1,2\n1,2,3,4\n", r"bad\.csv could not be parsed as csv"),
+        ("user_id,item_id\n1,2\n1,2,3,4\n", r"bad\.csv, line 3: expected 2 fields as in the header, found 4"),
+        ('user_id,item_id\n1,"2\n', r"bad\.csv could not be parsed as csv: .*EOF inside string"),
+        ("user_id,item_id\n\n\n", r"bad\.csv has a header but only blank lines"),
+        ("\ufeff\n\n", r"bad\.csv has no header line"),
     ],
 )
 def test_table_errors_name_file_and_row(tmp_path, content, pattern):
@@ -255,3 +260,159 @@ def test_compressed_csv(tmp_path):
     path = tmp_path / "ratings.csv.gz"
     path.write_bytes(gzip.compress(b"user_id,item_id\nu1,007\n"))
     assert _table(path).interactions["item"].tolist() == ["007"]
+
+
+# ------------------------------------------------------------------- values that were read wrong
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        ("user_id,item_id,rating\n1,2,3,4\n5,6,7,8\n", 2),  # pandas made column 1 the index
+        ("user_id,item_id,rating\n0,2,3,4\n1,6,7,8\n", 2),  # ... and 0, 1 looked like a default index
+        ("user_id,item_id,rating\nu1,i1,4,\nu2,i2,5,\n", 2),  # a separator ending every line
+        ("user_id,item_id,rating\nu1,i1,4\nu2,i2,5,9\n", 3),
+        ("user_id,item_id,rating\nu1,i1,4\n\nu2,i2,5,9\n", 4),
+    ],
+)
+def test_row_with_more_fields_than_header_names_the_line(tmp_path, content, line):
+    path = tmp_path / "extra.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=rf"extra\.csv, line {line}: expected 3 fields as in the header, found 4"):
+        _table(path)
+
+
+def test_row_with_fewer_fields_leaving_an_id_empty_names_the_line(tmp_path):
+    path = tmp_path / "short.csv"
+    path.write_text("user_id,item_id,rating\nu1,i1,4\nu2\n")
+    with pytest.raises(DataError, match=r"short\.csv, line 3, column 'item_id': the id is empty"):
+        _table(path, rating_column="")
+
+
+@pytest.mark.parametrize(
+    ("ids", "pattern"),
+    [
+        ([1.0, 2.0**63], r"row 2, column 'user_id': id 9\.223372036854776e\+18 is outside the int64 range"),
+        ([1.0, 1e300], r"row 2, column 'user_id': id 1e\+300 is outside the int64 range"),
+        ([-(2.0**63) * 2, 1.0], r"row 1, column 'user_id': id -1\.8446744073709552e\+19 is outside"),
+        ([-(2.0**63), 1.0], r"row 1, column 'user_id': id -9\.223372036854776e\+18 is outside"),
+        ([float("inf"), 1.0], r"row 1, column 'user_id': id inf is outside"),
+        (np.array([1, 2**63 + 5], np.uint64), r"row 2, column 'user_id': id 9223372036854775813 is larger than"),
+    ],
+)
+def test_parquet_ids_outside_int64_name_row_and_column(tmp_path, ids, pattern):
+    path = tmp_path / "ids.parquet"
+    pd.DataFrame({"user_id": ids, "item_id": [1, 2]}).to_parquet(path)
+    with pytest.raises(DataError, match=rf"ids\.parquet, {pattern}"):
+        _table(path, file_format="parquet")
+
+
+def test_parquet_float_ids_inside_int64_stay_exact(tmp_path):
+    path = tmp_path / "ids.parquet"
+    pd.DataFrame({"user_id": [2.0**62, -(2.0**62)], "item_id": [1, 2]}).to_parquet(path)
+    assert _table(path, file_format="parquet").interactions["user"].tolist() == [2**62, -(2**62)]
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "pattern"),
+    [
+        ("1e19", r"line 3, column 'timestamp': timestamp 1e\+19 is outside the int64 range"),
+        ("-1e19", r"line 3, column 'timestamp': timestamp -1e\+19 is outside the int64 range"),
+        ("9.3e18", r"line 3, column 'timestamp': timestamp 9\.3e\+18 is outside the int64 range"),
+        ("10000000000000000000", r"line 3, column 'timestamp': timestamp 10000000000000000000 is larger than"),
+        ("-9223372036854775809", r"line 3, column 'timestamp': timestamp -9\.223372036854776e\+18 is outside"),
+        ("1e400", r"line 3, column 'timestamp': inf is not a timestamp"),
+    ],
+)
+def test_timestamps_outside_int64_name_file_line_and_column(tmp_path, timestamp, pattern):
+    path = tmp_path / "times.csv"
+    path.write_text(f"user_id,item_id,timestamp\nu1,i1,100\nu2,i2,{timestamp}\n")
+    with pytest.raises(DataError, match=rf"times\.csv, {pattern}"):
+        _table(path)
+
+
+def test_far_dates_read_as_seconds(tmp_path):
+    """Dates past 2262 overflowed nanoseconds on the way to seconds; they fit int64 seconds."""
+    path = tmp_path / "dates.csv"
+    path.write_text("user_id,item_id,timestamp\nu1,i1,9999-12-31 23:59:59\nu2,i2,1000-01-01\n")
+    assert _table(path).interactions["timestamp"].tolist() == [253_402_300_799, -30_610_224_000]
+    stored = tmp_path / "dates.parquet"
+    moments = np.array(["9999-12-31T23:59:59", "1969-12-31T23:59:59.5"], "datetime64[ms]")
+    pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "timestamp": moments}).to_parquet(stored)
+    assert _table(stored, file_format="parquet").interactions["timestamp"].tolist() == [253_402_300_799, -1]
+
+
+@pytest.mark.parametrize(
+    ("values", "arrow_type"),
+    [([[1, 2], [9, 10]], "list<element: int64>"), ([{"a": 1}, {"a": 2}], "struct<a: int64>")],
+)
+def test_parquet_nested_id_column_is_refused(tmp_path, values, arrow_type):
+    path = tmp_path / "nested.parquet"
+    pd.DataFrame({"user_id": values, "item_id": [1, 2]}).to_parquet(path)
+    pattern = rf"nested\.parquet, column 'user_id': parquet type {re.escape(arrow_type)} is not one value per row; ids"
+    with pytest.raises(DataError, match=pattern + " must be integers or strings"):
+        _table(path, file_format="parquet")
+
+
+@pytest.mark.parametrize("column", ["rating", "timestamp"])
+@pytest.mark.parametrize("values", [[[1.0], [2.0]], [{"a": 1}, {"a": 2}]], ids=["list", "struct"])
+def test_parquet_nested_rating_or_timestamp_is_refused(tmp_path, column, values):
+    path = tmp_path / "nested.parquet"
+    pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], column: values}).to_parquet(path)
+    with pytest.raises(DataError, match=rf"nested\.parquet, column '{column}': parquet type .* is not one value"):
+        _table(path, file_format="parquet")
+
+
+def test_object_id_values_that_are_not_ids_are_refused():
+    """Values read by another route than the parquet schema check still never become text like "[1 2]"."""
+    from graphrec_jax.data.readers import _id_column
+
+    column = pd.Series(["u1", np.array([1, 2])], dtype=object)
+    with pytest.raises(DataError, match=r"row 2, column 'user': ndarray value array\(\[1, 2\]\); ids must be"):
+        _id_column(column, lambda row, name: f"row {row + 1}, column {name!r}", "user")
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "pattern"),
+    [
+        ("rating", [True, False], r"row 1, column 'rating': True is not a number \(the rating\); the column holds"),
+        ("timestamp", [True, False], r"row 1, column 'timestamp': True is not a timestamp"),
+        ("user_id", [True, False], r"row 1, column 'user_id': the column holds true/false values"),
+        ("rating", pd.to_datetime(["2020-01-01", "2020-01-02"]), r"row 1, column 'rating': .* is not a number"),
+        ("timestamp", pd.to_timedelta([1, 2], unit="s"), r"row 1, column 'timestamp': .* is not a timestamp"),
+    ],
+)
+def test_parquet_columns_that_would_read_as_wrong_numbers_are_refused(tmp_path, column, values, pattern):
+    path = tmp_path / "typed.parquet"
+    frame = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2]})
+    frame[column] = values
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match=rf"typed\.parquet, {pattern}"):
+        _table(path, file_format="parquet")
+
+
+def test_csv_of_true_false_ratings_is_refused(tmp_path):
+    path = tmp_path / "flags.csv"
+    path.write_text("user_id,item_id,rating\nu1,i1,True\nu2,i2,False\n")
+    with pytest.raises(DataError, match=r"flags\.csv, line 2, column 'rating': True is not a number"):
+        _table(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "pattern"),
+    [
+        ("cut.csv.gz", gzip.compress(b"user_id,item_id\nu1,i1\n")[:-10], r" could not be decompressed as \.gz \(EOF"),
+        ("plain.csv.gz", b"user_id,item_id\nu1,i1\n", r" could not be decompressed as \.gz \(BadGzipFile"),
+        ("plain.csv.bz2", b"user_id,item_id\n", r" could not be decompressed as \.bz2"),
+        ("plain.csv.xz", b"user_id,item_id\n", r" could not be decompressed as \.xz"),
+        ("plain.csv.zip", b"user_id,item_id\n", r" could not be decompressed as \.zip"),
+        ("latin.csv.gz", gzip.compress("user_id,item_id\nu1,café\n".encode("latin-1")), r", line 2: byte 0xe9"),
+    ],
+    ids=["cut_gzip", "not_gzip", "not_bz2", "not_xz", "not_zip", "latin1_in_gzip"],
+)
+def test_damaged_compressed_files_raise_data_errors(tmp_path, name, data, pattern):
+    """pandas let codec errors (EOFError, BadGzipFile, LZMAError, ...) escape; each is a DataError now."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=re.escape(name) + pattern):
+        _table(path)

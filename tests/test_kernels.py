@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ from graphrec_jax.kernels import (
     top_k_scores,
     unavailable_reason,
 )
+from graphrec_jax.kernels.native import library_path, unsafe_reason, verified
 
 NATIVE = native_available()
 needs_native = pytest.mark.skipif(not NATIVE, reason=f"native kernels unavailable: {unavailable_reason()}")
@@ -469,3 +473,124 @@ def test_pmap_over_two_cpu_devices():
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+# ------------------------------------------------------------------------------ kernel cache
+
+EVIL_LIBRARY = r"""
+#include <cstdio>
+#include <cstdlib>
+__attribute__((constructor)) static void planted() {
+  if (const char* marker = std::getenv("GRAPHREC_TEST_MARKER")) {
+    if (FILE* file = std::fopen(marker, "w")) { std::fputs("planted library ran", file); std::fclose(file); }
+  }
+}
+"""
+
+
+def _planted_library(folder) -> bytes:
+    """A shared library whose constructor writes the file named by $GRAPHREC_TEST_MARKER."""
+    source = folder / "planted.cc"
+    source.write_text(EVIL_LIBRARY)
+    output = folder / "planted.so"
+    subprocess.run(["g++", "-shared", "-fPIC", str(source), "-o", str(output)], check=True, capture_output=True)
+    return output.read_bytes()
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+CHECK_CACHE = """
+    import json, warnings, numpy as np
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        from graphrec_jax.kernels import csr_matmul, native, native_available, unavailable_reason
+        available = native_available()
+        native_available()  # warns once at most
+    y = csr_matmul(np.array([0, 1, 2], np.int32), np.array([1, 0], np.int32), np.array([2.0, 3.0], np.float32),
+                   np.arange(8, dtype=np.float32).reshape(2, 4), backend="native" if available else "xla")
+    np.testing.assert_allclose(y, [[8, 10, 12, 14], [0, 3, 6, 9]])
+    warned = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    print(json.dumps({"available": available, "warnings": warned, "reason": unavailable_reason(),
+                      "library": str(native.library_path())}))
+"""
+
+
+def _check_cache(cache, **env) -> dict:
+    result = _run_python(CHECK_CACHE, GRAPHREC_KERNEL_CACHE=str(cache), GRAPHREC_NATIVE_KERNELS="1", **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_unsafe_reason_names_owner_and_mode(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert unsafe_reason(private) == ""
+    private.chmod(0o755)  # readable by others is fine: nobody else can replace a file
+    assert unsafe_reason(private) == ""
+    for mode in (0o770, 0o703, 0o777):
+        private.chmod(mode)
+        assert unsafe_reason(private) == f"is writable by group or others (mode {mode:#o})"
+    private.chmod(0o700)
+    someone_else = os.getuid() + 1
+    assert unsafe_reason(private, uid=someone_else) == (
+        f"is owned by uid {os.getuid()}, not by this user (uid {someone_else})"
+    )
+    assert unsafe_reason(tmp_path / "missing").startswith("cannot be inspected")
+
+
+@needs_native
+def test_cache_builds_privately_records_sha256_and_rebuilds_a_changed_library(tmp_path):
+    cache = tmp_path / "kernels"
+    outcome = _check_cache(cache)
+    assert outcome["available"] and outcome["warnings"] == [], outcome
+    library = Path(outcome["library"])
+    record = library.with_name(library.name + ".sha256")
+    assert library.parent == cache and oct(cache.stat().st_mode & 0o777) == "0o700"
+    assert record.read_text().strip() == _sha256(library)
+    assert not list(cache.glob("*.tmp"))
+
+    # Same user, bytes changed after the build: the planted library must not run, but be rebuilt.
+    marker = tmp_path / "marker"
+    library.write_bytes(_planted_library(tmp_path))
+    outcome = _check_cache(cache, GRAPHREC_TEST_MARKER=str(marker))
+    assert outcome["available"] and outcome["warnings"] == [], outcome
+    assert not marker.exists(), "the changed library was loaded"
+    assert record.read_text().strip() == _sha256(library)
+
+    assert verified(library)
+    record.unlink()  # a library built before records existed is not trusted either
+    assert not verified(library)
+
+
+@needs_native
+@pytest.mark.parametrize("problem", ["group_writable", "foreign_owner"])
+def test_unsafe_cache_is_refused_with_a_warning_naming_it(tmp_path, problem):
+    cache = tmp_path / "shared"
+    cache.mkdir()
+    if problem == "group_writable":
+        cache.chmod(0o777)
+        expected = "is writable by group or others (mode 0o777)"
+    else:
+        cache.chmod(0o700)
+        expected = f"is owned by uid {os.getuid()}, not by this user (uid {os.getuid() + 1})"
+    # Someone who can write there planted a library, and a record to match, under the expected name.
+    planted = library_path(cache)
+    planted.write_bytes(_planted_library(tmp_path))
+    planted.with_name(planted.name + ".sha256").write_text(_sha256(planted) + "\n")
+    marker = tmp_path / "marker"
+    code = CHECK_CACHE
+    if problem == "foreign_owner":  # this process plays another user: the directory is not its own
+        code = f"import os; os.getuid = lambda: {os.getuid() + 1}\n" + textwrap.dedent(CHECK_CACHE)
+    result = _run_python(
+        code, GRAPHREC_KERNEL_CACHE=str(cache), GRAPHREC_NATIVE_KERNELS="1", GRAPHREC_TEST_MARKER=str(marker)
+    )
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not outcome["available"]
+    assert len(outcome["warnings"]) == 1, outcome
+    assert f"kernel cache {cache} {expected}" in outcome["warnings"][0]
+    assert "XLA" in outcome["warnings"][0] and "GRAPHREC_KERNEL_CACHE" in outcome["warnings"][0]
+    assert not marker.exists(), "a library in an unsafe cache was loaded"
+    assert sorted(path.name for path in cache.iterdir()) == sorted([planted.name, planted.name + ".sha256"])

@@ -1,6 +1,7 @@
 """End to end: train, checkpoint, restore, score; resume, crash, corruption, divergence."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -122,19 +123,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     assert any(issubclass(warning.category, CheckpointWarning) for warning in caught)
 
 
-def test_divergence_stops_with_clear_error_and_keeps_good_checkpoint(trained, tmp_path):
-    _, workdir, _ = trained
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    steps_before = CheckpointStore(copy, read_only=True).steps()
+def test_divergence_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path):
     exploding = test_config.get_config()
-    exploding.train.num_epochs = 6
     exploding.train.learning_rate = 1e30
-    with pytest.raises(NonFiniteLossError, match="loss became"):
-        train_and_evaluate(exploding, copy)
-    assert CheckpointStore(copy, read_only=True).steps() == steps_before
-    step, _, _, _ = CheckpointStore(copy, read_only=True).restore(None, None)
-    assert step == steps_before[-1]
+    exploding.train.log_every_steps = 1  # every loss is checked before the step's save
+    exploding.train.checkpoint_every_steps = 1
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step (\d+).*new --workdir") as raised:
+        train_and_evaluate(exploding, tmp_path)
+    bad_step = int(re.search(r"at step (\d+)", str(raised.value)).group(1))
+    steps = CheckpointStore(tmp_path, read_only=True).steps()
+    assert steps and steps[-1] == bad_step - 1  # the last step whose loss was finite, not the bad one
+    step, _, _, _ = CheckpointStore(tmp_path, read_only=True).restore(None, None)
+    assert step == bad_step - 1
 
 
 def test_bad_input_fails_before_writing_anything(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ from graphrec_jax.data.errors import DataError
 # so "007", "7.0" and "+7" stay strings and round-trip to the exact text of the file.
 _CANONICAL_INTEGER = r"-?(?:0|[1-9][0-9]{0,17})"
 _COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst")
+# Floats at or past these bounds do not fit int64; numpy would turn them into INT64_MIN.
+_INT64_LIMIT = 2.0**63
+# The C parser's message for a row with more fields than the first row.
+_FIELD_COUNT_ERROR = re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)")
 MOVIELENS_GENRES = (
     "unknown, Action, Adventure, Animation, Children's, Comedy, Crime, Documentary, Drama, Fantasy, "
     "Film-Noir, Horror, Musical, Mystery, Romance, Sci-Fi, Thriller, War, Western"
@@ -75,7 +80,46 @@ def require_file(path: Path, what: str, fix: str) -> Path:
 
 def decode_text(path: Path, encoding: str = "utf-8") -> str:
     """Reads `path` as `encoding`; a decoding failure names the line and byte and the encoding tried."""
-    data = path.read_bytes()
+    return _decode(path.read_bytes(), path, encoding)
+
+
+def _decompressed(path: Path) -> bytes:
+    """The bytes of `path`, decompressed by its extension (.gz, .bz2, .xz, .zip, .zst)."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                members = [member for member in archive.namelist() if not member.endswith("/")]
+                if len(members) != 1:
+                    raise DataError(f"{path} holds {len(members)} files; expected a zip archive of one table")
+                return archive.read(members[0])
+        if suffix == ".zst":
+            try:
+                import zstandard
+            except ImportError:
+                raise DataError(
+                    f"{path}: reading .zst files needs the zstandard package; `pip install zstandard`, "
+                    "or decompress the file and set data.path to the result"
+                ) from None
+            with zstandard.ZstdDecompressor().stream_reader(path.open("rb")) as reader:
+                return reader.read()
+        decompress = {".gz": gzip.decompress, ".bz2": bz2.decompress, ".xz": lzma.decompress}[suffix]
+        return decompress(path.read_bytes())
+    except DataError:
+        raise
+    except Exception as error:  # each codec has its own error types (OSError, EOFError, LZMAError, ...)
+        raise DataError(
+            f"{path} could not be decompressed as {suffix} ({type(error).__name__}: {error}); "
+            "check that the file is complete and its extension names its compression"
+        ) from None
+
+
+def _decode(data: bytes, path: Path, encoding: str) -> str:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
@@ -115,33 +159,47 @@ def read_table(
     timestamp columns are optional: a missing one is simply absent from the result.
     """
     require_file(path, "data file", f"set data.path to a {file_format} file")
+    schema = None
     if file_format == "parquet":
+        import pyarrow.parquet
+
         try:
             table = pd.read_parquet(path)
+            schema = pyarrow.parquet.read_schema(path)
         except Exception as error:  # pyarrow raises several unrelated types for bad files
             raise DataError(f"{path} is not a readable parquet file ({error}); check data.format") from None
         first_line, row_word = 1, "row"
     else:
-        if path.suffix.lower() in _COMPRESSED:
-            source = path  # pandas decompresses; decoding errors then carry no line number
-        else:
-            source = io.StringIO(decode_text(path))
-        if path.stat().st_size == 0 or (isinstance(source, io.StringIO) and not source.getvalue().strip()):
+        compressed = path.suffix.lower() in _COMPRESSED
+        text = _decode(_decompressed(path), path, "utf-8") if compressed else decode_text(path)
+        if not text.strip():
             raise DataError(f"{path} is empty; expected a header line naming the columns, then one row each")
+        source = io.StringIO(text)
+        options = {
+            "sep": infer_separator(path, file_format, separator),
+            "keep_default_na": False,
+            "skip_blank_lines": False,
+            "skipinitialspace": True,
+        }
         try:
+            # pandas takes a first row with more fields than the header as index + columns,
+            # which shifts every column (users read as items) without a word; read as plain
+            # rows, the header sets the field count and a longer first row is a parse error.
+            pd.read_csv(source, header=None, nrows=2, dtype=str, **options)
+            source.seek(0)
             table = pd.read_csv(
                 source,
-                sep=infer_separator(path, file_format, separator),
                 dtype={user_column: str, item_column: str},  # ids stay text as written
-                keep_default_na=False,
                 na_values=[""],
-                skip_blank_lines=False,
-                skipinitialspace=True,
+                index_col=False,  # never an implicit index column, whatever the rows hold
+                **options,
             )
         except pd.errors.ParserError as error:
-            raise DataError(f"{path} could not be parsed as {file_format}: {error}; check data.separator") from None
-        except UnicodeDecodeError as error:
-            raise DataError(f"{path} is not valid utf-8 once decompressed ({error.reason}); re-save as utf-8") from None
+            raise DataError(_parser_error_message(path, file_format, error)) from None
+        except pd.errors.EmptyDataError:  # e.g. only a byte-order mark and line breaks
+            raise DataError(
+                f"{path} has no header line; expected a header naming the columns, then one row each"
+            ) from None
         first_line, row_word = 2, "line"  # line 1 is the header
     if table.empty:
         raise DataError(f"{path} has a header but no rows; expected one interaction per row")
@@ -153,10 +211,15 @@ def read_table(
             f"{path} has no column {' and no column '.join(missing)}; columns found: {found}. "
             "The file needs a header line; set the data.*_column keys to its column names"
         )
+    if schema is not None:
+        numbers = [name for name in (rating_column, timestamp_column) if name]
+        _check_parquet_types(path, schema, [user_column, item_column], numbers)
     lines = np.arange(len(table), dtype=np.int64) + first_line
     if file_format != "parquet":
-        blank = table.isna().all(axis=1).to_numpy()
+        blank = _blank_rows(table)
         table, lines = table[~blank], lines[~blank]
+        if table.empty:
+            raise DataError(f"{path} has a header but only blank lines; expected one interaction per row")
 
     def where(row: int, column: str) -> str:
         return f"{path}, {row_word} {lines[row]}, column {column!r}"
@@ -172,13 +235,60 @@ def read_table(
     return RawData(pd.DataFrame(out), str(path), name=path.name.split(".")[0])
 
 
+def _blank_rows(table: pd.DataFrame) -> np.ndarray:
+    """`[n]` bool: rows with no value in any field (blank lines, lines of separators only)."""
+    empty = table.isna().to_numpy()
+    for index, name in enumerate(table.columns):
+        column = table[name]
+        if pd.api.types.is_string_dtype(column.dtype):
+            # pandas leaves "" rather than NaN in a column it fell back to text for (a number past uint64)
+            empty[:, index] |= column.eq("").to_numpy(dtype=bool, na_value=True)
+    return empty.all(axis=1)
+
+
+def _parser_error_message(path: Path, file_format: str, error: Exception) -> str:
+    """One line naming the line whose field count differs, when the parser says which."""
+    found = _FIELD_COUNT_ERROR.search(str(error))
+    if found:
+        expected, line, saw = found.groups()
+        return (
+            f"{path}, line {line}: expected {expected} fields as in the header, found {saw}; fix that row "
+            "(a separator inside a value needs quotes) or check data.separator"
+        )
+    detail = " ".join(str(error).split())
+    return f"{path} could not be parsed as {file_format}: {detail}; check data.separator and the quoting"
+
+
+def _check_parquet_types(path: Path, schema, id_columns: list[str], number_columns: list[str]) -> None:
+    """Rejects nested (list, struct, map) and binary columns: no single id or number per row."""
+    import pyarrow as pa
+
+    for name in id_columns + number_columns:
+        index = schema.get_field_index(name)
+        if index < 0:
+            continue
+        field_type = schema.field(index).type
+        value_type = field_type.value_type if pa.types.is_dictionary(field_type) else field_type
+        binary = pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type)
+        if pa.types.is_nested(value_type) or binary or pa.types.is_fixed_size_binary(value_type):
+            fix = (
+                "ids must be integers or strings: write the column as int64 or string"
+                if name in id_columns
+                else "write one number (for timestamps: a number or a date) per row"
+            )
+            raise DataError(f"{path}, column {name!r}: parquet type {field_type} is not one value per row; {fix}")
+
+
 def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
     """Ids as `[n]` int64 (integer or integral float columns) or str objects, stripped of spaces."""
     missing = column.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
         raise DataError(f"{where(row, name)}: the id is empty; every row needs a user and an item id")
+    if pd.api.types.is_bool_dtype(column.dtype):
+        raise DataError(f"{where(0, name)}: the column holds true/false values; ids must be integers or strings")
     if pd.api.types.is_integer_dtype(column.dtype):
+        _check_unsigned_range(column, where, name, "id")
         return column.to_numpy(dtype=np.int64)
     if pd.api.types.is_float_dtype(column.dtype):
         values = column.to_numpy(dtype=np.float64)
@@ -188,7 +298,18 @@ def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
             raise DataError(
                 f"{where(row, name)}: id {float(values[row])!r} is not an integer; ids must be integers or text"
             )
+        _check_float_range(values, where, name, "id")
         return values.astype(np.int64)
+    if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) not in ("string", "integer"):
+        # Lists, dicts, bytes or floats would become ids like "[ 9 10]" or "b'x'" as text.
+        bad = [isinstance(value, bool | np.bool_) or not isinstance(value, str | int | np.integer) for value in column]
+        if any(bad):
+            row = int(np.argmax(bad))
+            value = column.iloc[row]
+            raise DataError(
+                f"{where(row, name)}: {type(value).__name__} value {_shown(value)[:60]}; ids must be integers "
+                "or strings"
+            )
     text = column.astype(str).str.strip()
     empty = (text == "").to_numpy()
     if empty.any():
@@ -197,12 +318,70 @@ def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
     return text.to_numpy(dtype=object)
 
 
+def _check_unsigned_range(column: pd.Series, where, name: str, what: str) -> None:
+    """uint64 values past int64's range would wrap around to negative numbers."""
+    if pd.api.types.is_unsigned_integer_dtype(column.dtype):
+        values = column.to_numpy(dtype=np.uint64)
+        too_big = values > np.uint64(np.iinfo(np.int64).max)
+        if too_big.any():
+            row = int(np.argmax(too_big))
+            raise DataError(
+                f"{where(row, name)}: {what} {int(values[row])} is larger than 2^63 - 1, the largest int64; "
+                f"use smaller {what}s (or write them as text)"
+            )
+
+
+def _check_float_range(values: np.ndarray, where, name: str, what: str) -> None:
+    """Floats outside (-2^63, 2^63) have no int64 value (numpy would give INT64_MIN).
+
+    -2^63 itself is refused too: it is what every integer from -2^63 - 1024 to -2^63 rounds to.
+    """
+    outside = (values >= _INT64_LIMIT) | (values <= -_INT64_LIMIT)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise DataError(
+            f"{where(row, name)}: {what} {float(values[row])!r} is outside the int64 range (-2^63, 2^63); "
+            f"fix that row (or write {what}s as text)"
+        )
+
+
 def _shown(value) -> str:
-    return "an empty value" if pd.isna(value) else repr(value)
+    """A cell as the message shows it: `'five'`, `inf`, `True`, or "an empty value"."""
+    if pd.api.types.is_scalar(value) and pd.isna(value):  # a list or array is a value, not a gap
+        return "an empty value"
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _reject_booleans(column: pd.Series, where, name: str, expected: str) -> None:
+    """A column of true/false values parses as bool, which would silently read as 1.0 and 0.0.
+
+    With a blank line in the file the column holds objects (True, NaN, ...) rather than bools.
+    """
+    boolean = pd.api.types.is_bool_dtype(column.dtype)
+    if column.dtype == object and not boolean:
+        boolean = pd.api.types.infer_dtype(column, skipna=True) == "boolean"
+    if boolean:
+        raise DataError(
+            f"{where(0, name)}: {_shown(column.iloc[0])} is not {expected}; the column holds true/false values, "
+            "point the data.*_column key at another column"
+        )
+
+
+def _reject_temporal(column: pd.Series, where, name: str, expected: str, *, dates_allowed: bool) -> None:
+    """Dates and durations convert to counts of nanoseconds, which are no ratings or seconds."""
+    dtype = column.dtype
+    durations = pd.api.types.is_timedelta64_dtype(dtype) or isinstance(dtype, pd.PeriodDtype)
+    if durations or (not dates_allowed and pd.api.types.is_datetime64_any_dtype(dtype)):
+        raise DataError(
+            f"{where(0, name)}: {_shown(column.iloc[0])} is not {expected}; the column holds {dtype} values, "
+            "point the data.*_column key at another column"
+        )
 
 
 def _number_column(column: pd.Series, where, name: str, expected: str) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
+    _reject_booleans(column, where, name, expected)
+    _reject_temporal(column, where, name, expected, dates_allowed=False)
+    if pd.api.types.is_numeric_dtype(column.dtype):
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     else:  # the parser met text somewhere in the column; find it
         values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -218,7 +397,10 @@ def _number_column(column: pd.Series, where, name: str, expected: str) -> np.nda
 
 def _timestamp_column(column: pd.Series, where, name: str) -> np.ndarray:
     """`[n]` int64 seconds from integer/float seconds, datetime columns or parseable date strings."""
-    if pd.api.types.is_integer_dtype(column.dtype):
+    _reject_booleans(column, where, name, "a timestamp")
+    _reject_temporal(column, where, name, "a timestamp", dates_allowed=True)
+    if pd.api.types.is_integer_dtype(column.dtype) and not column.isna().any():
+        _check_unsigned_range(column, where, name, "timestamp")
         return column.to_numpy(dtype=np.int64)
     if pd.api.types.is_datetime64_any_dtype(column.dtype):
         dates = column
@@ -226,7 +408,9 @@ def _timestamp_column(column: pd.Series, where, name: str) -> np.ndarray:
         numbers = pd.to_numeric(column, errors="coerce")
         values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isfinite(values).all():
-            return np.floor(values).astype(np.int64)
+            seconds = np.floor(values)
+            _check_float_range(seconds, where, name, "timestamp")
+            return seconds.astype(np.int64)
         dates = None
         if numbers.isna().all() and column.notna().all():  # date strings rather than numbers
             dates = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
@@ -241,10 +425,13 @@ def _timestamp_column(column: pd.Series, where, name: str) -> np.ndarray:
 
 
 def _seconds(dates: pd.Series) -> np.ndarray:
-    if dates.dt.tz is None:
-        dates = dates.dt.tz_localize("UTC")
-    epoch = pd.Timestamp(0, tz="UTC")
-    return ((dates - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    """`[n]` int64 seconds since 1970 (UTC), floored, in the column's own unit so no date overflows."""
+    if dates.dt.tz is not None:
+        dates = dates.dt.tz_convert("UTC").dt.tz_localize(None)
+    values = dates.to_numpy()
+    unit, _ = np.datetime_data(values.dtype)
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+    return values.view(np.int64) // per_second
 
 
 def read_movielens(folder: Path) -> RawData:

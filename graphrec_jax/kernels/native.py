@@ -8,6 +8,13 @@ flags, the compiler version, the jaxlib version and the CPU (the build uses
 processes building at the same time never load a half-written file. Its FFI handlers are
 registered with XLA for the CPU platform.
 
+Loading a library runs its code, and the file name is computed from public inputs, so the
+cache must be private: the directory is created 0700, and one owned by another user or
+writable by group or others is refused (the XLA path runs, with a warning naming the
+directory). Each build records the sha256 of the library beside it (`<hash>.so.sha256`,
+written atomically); a library whose bytes no longer match its record, or that has none,
+is rebuilt before it is loaded. Builds of one library are serialised by a lock file.
+
 Environment:
   GRAPHREC_NATIVE_KERNELS=0  never use the native kernels (the XLA path runs everywhere).
   GRAPHREC_NUM_THREADS=N     threads per kernel call (default: OpenMP's, i.e. OMP_NUM_THREADS
@@ -18,16 +25,19 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -102,6 +112,43 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "graphrec_jax" / "kernels"
 
 
+def unsafe_reason(path: Path, uid: int | None = None) -> str:
+    """Why another user could replace files at `path` (empty when only `uid` can).
+
+    `path` is a directory (or a file in one) that must be owned by `uid` (default: this
+    process's user) and writable by nobody else. Symlinks are followed: what counts is the
+    directory the files land in.
+    """
+    uid = os.getuid() if uid is None else uid
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        return f"cannot be inspected ({error.strerror})"
+    if info.st_uid != uid:
+        return f"is owned by uid {info.st_uid}, not by this user (uid {uid})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by group or others (mode {stat.S_IMODE(info.st_mode):#o})"
+    return ""
+
+
+def private_cache_dir() -> Path:
+    """`cache_dir()`, created 0700 if missing; raises RuntimeError if another user could write to it."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise RuntimeError(f"kernel cache {directory} cannot be created ({error.strerror})") from error
+    problem = unsafe_reason(directory)
+    if not problem and not directory.is_dir():
+        problem = "is not a directory"
+    if problem:
+        raise RuntimeError(
+            f"kernel cache {directory} {problem}; a library there could be replaced by someone else, so it is "
+            f"not used: run `chmod 700 {directory}` if it is yours, or set GRAPHREC_KERNEL_CACHE to a private directory"
+        )
+    return directory
+
+
 def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CXX", "g++"))
 
@@ -127,8 +174,8 @@ def _cpu_identity() -> str:
         return platform.machine() + platform.processor()
 
 
-def library_path() -> Path:
-    """Where this source, compiler, jaxlib and CPU combination is cached."""
+def library_path(directory: Path | None = None) -> Path:
+    """Where this source, compiler, jaxlib and CPU combination is cached (in `cache_dir()` by default)."""
     compiler = tuple(_compiler())
     key = hashlib.sha256()
     for part in (
@@ -140,11 +187,44 @@ def library_path() -> Path:
     ):
         key.update(part)
         key.update(b"\0")
-    return cache_dir() / f"{key.hexdigest()[:24]}.so"
+    return (cache_dir() if directory is None else directory) / f"{key.hexdigest()[:24]}.so"
+
+
+def record_path(library: Path) -> Path:
+    """The file holding the sha256 of `library` as built: `<library>.sha256`."""
+    return library.with_name(library.name + ".sha256")
+
+
+def _file_digest(path: Path | str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def verified(library: Path) -> bool:
+    """True when `library` and its record are private files and the library's sha256 matches the record."""
+    record = record_path(library)
+    if unsafe_reason(library) or unsafe_reason(record):
+        return False
+    try:
+        return record.read_text().strip() == _file_digest(library)
+    except OSError:
+        return False
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Writes `data` to a private temporary file beside `target`, then renames it into place."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
 
 
 def _compile(target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Builds the library into `target` and records its sha256 (both private to this user)."""
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.stem + ".", suffix=".tmp")
     os.close(handle)
     command = [*_compiler(), *FLAGS, "-isystem", jax.ffi.include_dir(), str(SOURCE), "-o", temporary]
@@ -153,21 +233,51 @@ def _compile(target: Path) -> None:
         if result.returncode != 0:
             tail = "\n".join(result.stderr.strip().splitlines()[-15:])
             raise RuntimeError(f"compiling {SOURCE.name} failed: {' '.join(command)}\n{tail}")
+        os.chmod(temporary, 0o700)  # the linker may have created it group- or world-writable
+        digest = _file_digest(temporary)
         os.replace(temporary, target)  # atomic: readers see the old file or the whole new one
+        _write_atomically(record_path(target), f"{digest}\n".encode())
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
 
 
-def _build_and_register() -> ctypes.CDLL:
-    path = library_path()
-    if not path.exists():
-        _compile(path)
+@contextlib.contextmanager
+def _build_lock(library: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `<library>.lock`, so one process at a time checks and builds it."""
+    import fcntl  # POSIX only; elsewhere the ImportError means: use the XLA path
+
+    descriptor = os.open(library.with_name(library.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        library = ctypes.CDLL(str(path))
-    except OSError:  # a damaged cache entry: build it again, once
-        _compile(path)
-        library = ctypes.CDLL(str(path))
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _load_verified(path: Path) -> ctypes.CDLL:
+    """Builds `path` unless it matches its record, then loads it, holding the build lock throughout."""
+
+    def checked_load() -> ctypes.CDLL:
+        if not verified(path):
+            raise RuntimeError(
+                f"{path} does not match its sha256 record {record_path(path)} although the build lock is held; "
+                "another process changed it: delete both files and run again"
+            )
+        return ctypes.CDLL(str(path))
+
+    with _build_lock(path):
+        if not verified(path):  # never built, built by an older version, damaged or changed
+            _compile(path)
+        try:
+            return checked_load()
+        except OSError:  # a library that does not load here: build it again, once
+            _compile(path)
+            return checked_load()
+
+
+def _build_and_register() -> ctypes.CDLL:
+    library = _load_verified(library_path(private_cache_dir()))
     threads = os.environ.get("GRAPHREC_NUM_THREADS", "").strip()
     if threads:
         if not threads.isdigit() or int(threads) < 1:

@@ -17,13 +17,24 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
-from graphrec_jax.config import config_from_json
+from graphrec_jax.checkpoint import CheckpointError, CheckpointStore, has_checkpoints
+from graphrec_jax.config import ConfigError, config_from_json, validate_config
 from graphrec_jax.data.types import Dataset, IdMap, Interactions
 from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.models.setup import ModelSetup, build_setup
 from graphrec_jax.serving.propagation import inference_operators, node_representations
 from graphrec_jax.serving.ranking import csr_by_user, top_k_items
+
+
+class RequestError(ValueError):
+    """Arguments a serving call cannot answer (a `k` that is not a positive integer, ...)."""
+
+
+def check_k(k, name: str = "k") -> int:
+    """`k` as an int; raises RequestError unless it is a positive integer (not a bool or a float)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
+        raise RequestError(f"{name}={k!r} must be a positive integer")
+    return int(k)
 
 
 class Recommender:
@@ -64,9 +75,9 @@ class Recommender:
           which: "best" (highest validation metric, falling back to the latest) or "latest".
         """
         if which not in ("best", "latest"):
-            raise ValueError(f"which={which!r} must be 'best' or 'latest'")
+            raise RequestError(f"which={which!r} must be 'best' or 'latest'")
         if not has_checkpoints(workdir):
-            raise FileNotFoundError(
+            raise CheckpointError(
                 f"no checkpoints in {Path(workdir).resolve()}: train first with "
                 f"`python scripts/train.py --config configs/demo.py --workdir {workdir}`"
             )
@@ -75,19 +86,18 @@ class Recommender:
             step = store.best_step()  # None when no checkpoint has the metric: the latest
         restored_step, state, arrays, metadata = store.restore(None, None, step=step)
         store.close()
-        config = config_from_json(json.dumps(metadata["config"]))
-        user_map = IdMap.from_json(metadata["id_maps"]["user"])
-        item_map = IdMap.from_json(metadata["id_maps"]["item"])
-        dataset = Dataset(
-            user_map=user_map,
-            item_map=item_map,
-            train=Interactions(np.asarray(arrays["train_users"]), np.asarray(arrays["train_items"])),
-            evaluation={},
-            name=metadata.get("dataset", {}).get("name", "dataset"),
-        )
+        where = store.directory / str(restored_step)
+        try:
+            config, dataset = _restored_dataset(metadata, arrays)
+            params = jax.tree.map(jnp.asarray, state["train_state"]["params"])
+            _check_restored(config, dataset, params, arrays)
+        except (ConfigError, KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint {where} does not describe a model this version can serve ({type(error).__name__}: "
+                f"{error}); its metadata or arrays were changed after it was written: restore another step, or retrain"
+            ) from None
         text_features = arrays.get("text_features")
         setup = build_setup(config, dataset, text_features=None if text_features is None else np.asarray(text_features))
-        params = jax.tree.map(jnp.asarray, state["train_state"]["params"])
         return cls(config, setup, params, step=restored_step, item_titles=metadata.get("item_titles"))
 
     @property
@@ -135,8 +145,10 @@ class Recommender:
           than `k` candidates get fewer rows. Raises UnknownIdError for an unknown id.
         """
         user_ids = _as_list(user_ids)
-        if k <= 0:
-            raise ValueError(f"k={k} must be positive")
+        k = check_k(k)
+        columns = ["user_id", "rank", "item_id", "score"]
+        if not user_ids:
+            return pd.DataFrame({column: [] for column in columns})
         users = self.user_map.to_index(user_ids, source="user_ids")
         candidate_items = None
         if candidates is not None:
@@ -152,7 +164,7 @@ class Recommender:
             user_chunk_size=min(self.config.eval.user_chunk_size, max(len(users), 1)),
             backend=self.config.model.aggregation,
         )
-        return self._ranked_table(user_ids, items, scores, ["user_id", "rank", "item_id", "score"])
+        return self._ranked_table(user_ids, items, scores, columns)
 
     def score(self, user_ids: Sequence[Any], item_ids: Sequence[Any]) -> np.ndarray:
         """Scores `[len(user_ids), len(item_ids)]` float32 (dot products of representations)."""
@@ -169,6 +181,10 @@ class Recommender:
         itself excluded).
         """
         item_ids = _as_list(item_ids)
+        k = check_k(k)
+        columns = ["item_id", "rank", "similar_item_id", "score"]
+        if not item_ids or len(self.item_map) < 2:
+            return pd.DataFrame({column: [] for column in columns})
         items = self.item_map.to_index(item_ids, source="item_ids")
         normalized = self.item_representations / jnp.maximum(
             jnp.linalg.norm(self.item_representations, axis=-1, keepdims=True), 1e-12
@@ -184,7 +200,7 @@ class Recommender:
             user_chunk_size=min(self.config.eval.user_chunk_size, max(len(items), 1)),
             backend=self.config.model.aggregation,
         )
-        return self._ranked_table(item_ids, similar, scores, ["item_id", "rank", "similar_item_id", "score"])
+        return self._ranked_table(item_ids, similar, scores, columns)
 
     def _ranked_table(self, keys: list, items: np.ndarray, scores: np.ndarray, columns: list[str]) -> pd.DataFrame:
         """One row per ranked item (`items [len(keys), k]`, -1 for none): key, rank, raw item id, score."""
@@ -223,17 +239,17 @@ class Recommender:
         from graphrec_jax.text.features import encode_records
 
         if self.config.model.fusion not in TEXT_FUSIONS:
-            raise ValueError(
+            raise RequestError(
                 f"this model (model.fusion={self.config.model.fusion!r}) represents items by their "
                 "interactions only; train with a text fusion (text_only, concat, text_node_input) to add "
                 "items from text"
             )
         item_ids, texts = list(item_ids), list(texts)
         if len(item_ids) != len(texts):
-            raise ValueError(f"{len(item_ids)} item ids but {len(texts)} texts")
+            raise RequestError(f"{len(item_ids)} item ids but {len(texts)} texts")
         known = [item for item in item_ids if item in self.item_map]
         if known or len(set(item_ids)) != len(item_ids):
-            raise ValueError(f"item ids must be new and distinct; already known or repeated: {known[:5] or item_ids}")
+            raise RequestError(f"item ids must be new and distinct; already known or repeated: {known[:5] or item_ids}")
         records = [{"title": text} if isinstance(text, str) else text for text in texts]
         fields = self.config.data.text.item_fields
         if all(isinstance(text, str) for text in texts):
@@ -268,7 +284,7 @@ class Recommender:
             if directory is None:
                 directory = self.config.model.text.encoder
                 if not Path(str(directory)).expanduser().is_dir():
-                    raise ValueError(
+                    raise RequestError(
                         f"the model was trained with the text encoder {directory!r}, which is not a directory "
                         "on this machine; pass add_items(..., encoder=DIR) with that encoder's checkpoint directory"
                     )
@@ -287,6 +303,41 @@ class Recommender:
             if self.item_titles[index]:
                 return self.item_titles[index]
         return str(item_id)
+
+
+def _restored_dataset(metadata: dict, arrays: dict) -> tuple:
+    """The (validated) config and the serving dataset a checkpoint's metadata and arrays describe."""
+    config = config_from_json(json.dumps(metadata["config"]))
+    validate_config(config)
+    user_map = IdMap.from_json(metadata["id_maps"]["user"])
+    item_map = IdMap.from_json(metadata["id_maps"]["item"])
+    users, items = np.asarray(arrays["train_users"]), np.asarray(arrays["train_items"])
+    for name, values, size in (("train_users", users, len(user_map)), ("train_items", items, len(item_map))):
+        if values.dtype.kind not in "iu" or (len(values) and not 0 <= values.min() <= values.max() < size):
+            raise ValueError(f"{name} must be indices in [0, {size}) (the id map's size)")
+    dataset = Dataset(
+        user_map=user_map,
+        item_map=item_map,
+        train=Interactions(users, items),
+        evaluation={},
+        name=str(metadata.get("dataset", {}).get("name", "dataset")),
+    )
+    return config, dataset
+
+
+def _check_restored(config, dataset: Dataset, params: dict, arrays: dict) -> None:
+    """The parameters and arrays must fit the config and the id maps, or serving fails deep inside."""
+    num_nodes = dataset.num_users + dataset.num_items
+    embedding = params.get("node_embedding")
+    expected = (num_nodes, config.model.embedding_dim)
+    if config.model.fusion != "text_only" and (embedding is None or tuple(embedding.shape) != expected):
+        shape = None if embedding is None else tuple(embedding.shape)
+        raise ValueError(f"node_embedding has shape {shape}, the config and id maps need {expected}")
+    if config.model.fusion in TEXT_FUSIONS:
+        features = arrays.get("text_features")
+        if features is None or np.shape(features)[0] != num_nodes:
+            rows = None if features is None else np.shape(features)[0]
+            raise ValueError(f"a text model needs text_features for its {num_nodes} nodes, found {rows} rows")
 
 
 def _as_list(values) -> list:

@@ -1,9 +1,11 @@
 """On-disk cache of frozen text embeddings, keyed by everything that changes them.
 
-The key covers the encoder's fingerprint (config and weights), max_length, compute
-dtype, pooling, normalisation and the texts themselves; a hit loads an `.npy` file
-without running the model. Files are written to a temporary name and renamed, so a
-crash or a concurrent writer never leaves a partial file behind.
+The key covers the encoder's fingerprint (config and weights), its tokenizer (vocabulary,
+normalisation, special tokens), max_length, compute dtype, pooling, normalisation and the
+texts themselves; a hit loads an `.npy` file without running the model. Files are written
+to a temporary name and renamed, so a crash or a concurrent writer never leaves a partial
+file behind; an entry that cannot be read back (empty, cut short, not an array of the
+expected shape) counts as a miss and is rewritten.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def cache_key(encoder: TextEncoder, texts: Sequence[str | None], *, pooling: str
     """The file stem for these inputs: sha256 of model identity, settings and texts."""
     identity = {
         "model": encoder.fingerprint(),
+        "tokenizer": encoder.tokenizer_fingerprint(),
         "max_length": encoder.max_length,
         "dtype": encoder.dtype_name,
         "pooling": pooling,
@@ -50,6 +53,24 @@ def cache_key(encoder: TextEncoder, texts: Sequence[str | None], *, pooling: str
         "count": len(texts),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _read_entry(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The `[n, hidden]` float32 vectors stored at `path`, or None when there are none to trust.
+
+    A missing, empty, truncated or foreign file is a miss, as is an array of another shape
+    or dtype than the encoder writes.
+    """
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except Exception:  # EOFError, ValueError, OSError, BadZipFile, ...: recompute and overwrite it
+        return None
+    if not isinstance(vectors, np.ndarray):  # a zip archive (.npz) holds no single array
+        vectors.close()
+        return None
+    if vectors.shape != shape or vectors.dtype != np.float32:
+        return None
+    return vectors
 
 
 def encode_with_cache(
@@ -64,7 +85,7 @@ def encode_with_cache(
     """`encoder.encode(texts, pooling, normalize)` through the on-disk cache.
 
     Args:
-      encoder: the text tower (its params may have been replaced; the key follows them).
+      encoder: the text tower (its params or tokenizer may have been replaced; the key follows them).
       texts: `[n]` strings.
       pooling: "pooler" | "cls" | "mean".
       cache_dir: where `.npy` files live; None or "": `default_cache_dir()`.
@@ -74,13 +95,9 @@ def encode_with_cache(
     """
     directory = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     path = directory / f"{cache_key(encoder, texts, pooling=pooling, normalize=normalize)}.npy"
-    if path.is_file():
-        try:
-            vectors = np.load(path)
-            if vectors.shape == (len(texts), encoder.hidden_size):
-                return vectors
-        except (OSError, ValueError):
-            pass  # unreadable file: recompute and overwrite it
+    vectors = _read_entry(path, (len(texts), encoder.hidden_size))
+    if vectors is not None:
+        return vectors
     vectors = encoder.encode(texts, pooling=pooling, normalize=normalize, progress=progress)
     directory.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=".writing-", suffix=".npy")

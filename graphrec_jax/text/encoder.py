@@ -73,6 +73,32 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 _CPU_WORKERS = 2
 
 
+# Tokenizer state that says where files came from or is set per call, not how texts become ids.
+_TOKENIZER_STATE_IGNORED = ("truncation", "padding", "name_or_path", "vocab_file", "tokenizer_file", "is_local")
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 over what turns texts into token ids: vocabulary, normalisation, special tokens.
+
+    A fast (Rust) tokenizer is hashed through its serialized pipeline (`tokenizer.json`),
+    any other through its vocabulary and settings; the tokenizer in memory is what encodes,
+    so it is hashed rather than the files it was read from. Not jittable (host objects).
+    """
+
+    def plain(state: dict) -> str:
+        kept = {key: value for key, value in state.items() if key not in _TOKENIZER_STATE_IGNORED}
+        return json.dumps(kept, sort_keys=True, default=str)
+
+    digest = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(plain(json.loads(backend.to_str())).encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        digest.update(plain(dict(getattr(tokenizer, "init_kwargs", {}))).encode())
+    return digest.hexdigest()
+
+
 def _jit_embed(compiler_options: dict[str, Any] | None = None):
     return jax.jit(embed, static_argnames=("module", "pooling", "deterministic"), compiler_options=compiler_options)
 
@@ -214,6 +240,10 @@ class TextEncoder:
                 digest.update(np.ascontiguousarray(np.asarray(leaf, dtype=np.float32)).tobytes())
             self._fingerprint = (self.params, digest.hexdigest())
         return self._fingerprint[1]
+
+    def tokenizer_fingerprint(self) -> str:
+        """`tokenizer_fingerprint(self.tokenizer)`: the embedding cache key covers the vocabulary too."""
+        return tokenizer_fingerprint(self.tokenizer)
 
     def _token_lists(self, texts: Sequence[str | None]) -> list[list[int]]:
         cleaned = [as_text(text) for text in texts]

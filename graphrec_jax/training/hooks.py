@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,8 +47,9 @@ class LossMonitor(Hook):
             value = float(np.asarray(loss)[0])
             if not np.isfinite(value):
                 raise NonFiniteLossError(
-                    f"loss became {value} at step {step}; the last good checkpoint is kept. "
-                    "Lower train.learning_rate, or check the input data for extreme values"
+                    f"loss became {value} at step {step}; the last good checkpoint is kept. Lower "
+                    "train.learning_rate (or check the data for extreme values) and train in a new --workdir; "
+                    "train.init_from=THIS_WORKDIR starts it from this run's best parameters"
                 )
             self.epoch_losses.append(value)
         self.pending = []
@@ -112,15 +115,15 @@ class TextRefresh(Hook):
 
 class Evaluation(Hook):
     """Evaluates every `every_epochs` epochs, after the last one, and when a hook before it has
-    asked the loop to stop: `record["metrics"]` (`evaluate(run)`, default `run.evaluate`), timed
-    as `record["eval_seconds_total"]`."""
+    asked for it (`loop.evaluate_now`): `record["metrics"]` (`evaluate(run)`, default
+    `run.evaluate`), timed as `record["eval_seconds_total"]`."""
 
     def __init__(self, every_epochs: int, *, text: TextRefresh | None = None, evaluate: Callable | None = None):
         self.every_epochs, self.text, self.evaluate = every_epochs, text, evaluate
 
     def due(self, loop: Loop) -> bool:
         finished = loop.epoch + 1
-        return (self.every_epochs > 0 and finished % self.every_epochs == 0) or loop.last_epoch or loop.stop
+        return (self.every_epochs > 0 and finished % self.every_epochs == 0) or loop.last_epoch or loop.evaluate_now
 
     def on_epoch_end(self, loop: Loop) -> None:
         if not self.due(loop) or loop.end_epoch:
@@ -200,3 +203,61 @@ class StepLimit(Hook):
         self.losses.append(float(np.asarray(metrics["loss"])[0]))
         if loop.step - loop.start_step >= self.num_steps:
             loop.stop = True
+
+
+class Preempted(Exception):
+    """Training stopped on a preemption notice (SIGTERM) after saving a checkpoint; running the
+    same job again resumes from it."""
+
+
+class Preemption(Hook):
+    """Saves a checkpoint at the next step boundary after a SIGTERM and stops the loop.
+
+    In a multi-process run every process must save the same step: JAX's preemption service
+    (which catches SIGTERM in each process and tells the others) picks it, and every process asks
+    `reached_preemption_sync_point` at every step. A single process catches SIGTERM itself for
+    the loop's duration. A notice on an epoch's last step waits for that epoch's evaluation, so
+    the save carries its metrics. After the save, `on_end` raises `Preempted`."""
+
+    def __init__(self, checkpointing: Checkpointing):
+        self.checkpointing = checkpointing
+        self.noticed = False
+        self.stopped_at: int | None = None
+        self.previous_handler = None
+
+    def on_start(self, loop: Loop) -> None:
+        self.distributed = jax.process_count() > 1
+        if not self.distributed and threading.current_thread() is threading.main_thread():
+            self.previous_handler = signal.signal(signal.SIGTERM, self._notice)
+
+    def _notice(self, signum, frame) -> None:
+        self.noticed = True
+
+    def after_step(self, loop: Loop, metrics) -> None:
+        if self.distributed:
+            from jax.experimental import multihost_utils
+
+            self.noticed = multihost_utils.reached_preemption_sync_point(loop.step)
+        if not self.noticed:
+            return
+        loop.stop = True
+        if loop.step != (loop.epoch + 1) * loop.batches_per_epoch:  # mid-epoch: save now
+            self.save(loop)
+
+    def on_epoch_end(self, loop: Loop) -> None:
+        if self.noticed:
+            self.save(loop)  # a no-op when the evaluation's save took this step
+
+    def save(self, loop: Loop) -> None:
+        self.checkpointing.save_once(loop)
+        self.stopped_at = loop.step
+
+    def on_end(self, loop: Loop) -> None:
+        if self.previous_handler is not None:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+            self.previous_handler = None
+        if self.stopped_at is not None:
+            raise Preempted(
+                f"stopped at step {self.stopped_at} on a preemption notice (SIGTERM); the checkpoint of that "
+                "step is saved: run the same command again to resume"
+            )

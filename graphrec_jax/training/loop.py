@@ -6,8 +6,9 @@ from the step its state is at, epoch by epoch; progress bars, the loss check, ev
 CommonLoopUtils' periodic actions: the loop stays flat and calls each hook in turn.
 
 A hook sees the `Loop` (the run, the step and epoch counters, the current epoch's `record`)
-and may ask the loop to stop after the current step (`loop.stop = True`) or to end the current
-epoch early (`loop.end_epoch = True`, used for partial-epoch timing).
+and may ask the loop to stop after the current step (`loop.stop = True`), to end the current
+epoch early (`loop.end_epoch = True`, for partial-epoch timing), or to evaluate at this epoch's
+end whatever the schedule (`loop.evaluate_now = True`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Loop:
       record: what hooks note about the current epoch ("epoch", "step", "loss",
         "epoch_seconds", metrics); a fresh dict every epoch.
       last_record: the record of the last epoch that was evaluated.
-      stop, end_epoch: requests from hooks (see the module docstring).
+      stop, end_epoch, evaluate_now: requests from hooks (see the module docstring).
     """
 
     run: TrainingRun
@@ -73,6 +74,7 @@ class Loop:
     last_record: dict = dataclasses.field(default_factory=dict)
     stop: bool = False
     end_epoch: bool = False
+    evaluate_now: bool = False
 
     @property
     def batches_per_epoch(self) -> int:
@@ -102,7 +104,7 @@ def train_loop(run: TrainingRun, *, num_epochs: int, hooks: Sequence[Hook] = ())
         hook.on_start(loop)
     try:
         for epoch in range(step // run.batches_per_epoch, num_epochs):
-            loop.epoch, loop.record, loop.end_epoch = epoch, {"epoch": epoch + 1}, False
+            loop.epoch, loop.record, loop.end_epoch, loop.evaluate_now = epoch, {"epoch": epoch + 1}, False, False
             loop.epoch_started = time.perf_counter()
             for hook in hooks:
                 hook.on_epoch_start(loop)

@@ -21,11 +21,12 @@ import optax
 from graphrec_jax import config as config_edge
 from graphrec_jax import devices
 from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
-from graphrec_jax.config import validate_config
+from graphrec_jax.config import ConfigError, validate_config
+from graphrec_jax.data.errors import DataError
 from graphrec_jax.data.prepare import prepare_dataset
 from graphrec_jax.data.types import Dataset
-from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.graph.subgraphs import NeighborSampler
+from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.models.setup import ModelSetup, build_setup, init_params
 from graphrec_jax.optimizers import make_optimizer
 from graphrec_jax.serving.evaluation import evaluate_model
@@ -136,7 +137,7 @@ def build_run(config: ml_collections.ConfigDict, dataset: Dataset | None = None)
     validate_config(config)
     shards = jax.device_count()
     if config.train.batch_size % shards:
-        raise config_edge.ConfigError(
+        raise ConfigError(
             f"train.batch_size={config.train.batch_size} must be divisible by the {shards} devices; "
             f"use a multiple of {shards}"
         )
@@ -222,13 +223,23 @@ def make_batch_source(config: ml_collections.ConfigDict, setup: ModelSetup, fine
     prepares and places that many batches ahead of the step.
     """
     dataset = setup.dataset
+    negative_items = None if config.train.negative_items == "all" else np.unique(dataset.train.items)
+    pool = dataset.num_items if negative_items is None else len(negative_items)
+    degree = np.bincount(dataset.train.users, minlength=dataset.num_users)
+    if np.any(degree >= pool):
+        user = dataset.user_map.raw_ids[int(np.flatnonzero(degree >= pool)[0])]
+        raise DataError(
+            f"{dataset.name}: user {user!r} has a training interaction with every item that can be a negative "
+            f"({pool}), so no negative can be drawn for them; remove that user's rows from the data, or with "
+            "train.negative_items='trained' give the data items that some user has not interacted with"
+        )
     sampler = TripleSampler(
         dataset.num_users,
         dataset.num_items,
         dataset.train.users,
         dataset.train.items,
         seed=config.seed,
-        negative_items=None if config.train.negative_items == "all" else np.unique(dataset.train.items),
+        negative_items=negative_items,
     )
     placement = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if config.sampling.mode == "sampled":
@@ -264,7 +275,7 @@ def initial_params_from(workdir: str | Path, params: dict) -> dict:
     Raises ValueError naming the entry when a shape differs (the runs' models disagree).
     """
     if not has_checkpoints(workdir):
-        raise FileNotFoundError(f"train.init_from={str(workdir)!r} holds no checkpoints")
+        raise ConfigError(f"train.init_from={str(workdir)!r} holds no checkpoints; point it at another run's workdir")
     store = CheckpointStore(workdir, read_only=True)
     _, state, _, _ = store.restore(None, None, step=store.best_step())
     store.close()
@@ -278,7 +289,7 @@ def initial_params_from(workdir: str | Path, params: dict) -> dict:
             merged.append(leaf)
             continue
         if np.shape(value) != np.shape(leaf):
-            raise ValueError(
+            raise ConfigError(
                 f"train.init_from: parameter {jax.tree_util.keystr(path)} has shape {np.shape(value)} in "
                 f"{workdir} but {np.shape(leaf)} here; the two runs' models must match"
             )

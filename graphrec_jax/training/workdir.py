@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import numpy as np
 
 from graphrec_jax import devices
 from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
-from graphrec_jax.config import config_from_json, config_to_json, validate_config
+from graphrec_jax.config import ConfigError, config_from_json, config_to_json, validate_config
 from graphrec_jax.data.types import Dataset
+from graphrec_jax.files import write_atomic
 from graphrec_jax.training import hooks as hook_types
 from graphrec_jax.training.loop import Loop, train_loop
 from graphrec_jax.training.run import TrainingRun, build_run, initial_params_from
@@ -47,34 +49,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Trains, evaluates and checkpoints in `workdir`; resumes from its latest checkpoint.
 
     Returns the last evaluation's record (metrics with "epoch" and "step"). Raises ConfigError
-    or DataError before anything is written when the config or the input is invalid, and
-    NonFiniteLossError (leaving the last good checkpoint) when the loss diverges.
+    or DataError before anything is written when the config or the input is invalid (also when
+    the workdir holds a run with a different config), NonFiniteLossError (leaving the last good
+    checkpoint) when the loss diverges, and `hooks.Preempted` after saving on a SIGTERM.
     """
     validate_config(config)
-    run = build_run(config)
+    run = build_run(config)  # the data is read and checked here: nothing is written before
     dataset = run.setup.dataset
     best_metric = f"{validation_split_name(config, dataset)}/{config.eval.best_metric}@{config.eval.k}"
     metadata = _metadata(config, dataset, best_metric)
-
     workdir = Path(workdir)
-    primary = devices.is_primary_process()
-    workdir.mkdir(parents=True, exist_ok=True)
-    store = CheckpointStore(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
-    if has_checkpoints(workdir):
-        abstract = {"train_state": run.host_state()[0], "rng": run.host_state()[1]}
-        step, restored, arrays, saved = store.restore(abstract, None)
-        _check_same_run(saved, metadata, workdir)
-        text_features = arrays.get("text_features") if run.finetuning is not None else None
-        run.load_state(restored["train_state"], restored["rng"], text_features)
-        log.info("resumed from %s at step %d", store.directory, step)
+    resuming = has_checkpoints(workdir)
+    if resuming:
+        reader = CheckpointStore(workdir, read_only=True)
+        check_resumable(reader.read_metadata(reader.steps()[-1]), metadata, workdir)
+        reader.close()
     elif config.train.init_from:
         state, rng = run.host_state()
         params = initial_params_from(config.train.init_from, state.params)
         run.load_state(create_train_state(params, run.optimizer), rng)
+
+    primary = devices.is_primary_process()
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
+    if resuming:
+        abstract = {"train_state": run.host_state()[0], "rng": run.host_state()[1]}
+        step, restored, arrays, _ = store.restore(abstract, None)
+        text_features = arrays.get("text_features") if run.finetuning is not None else None
+        run.load_state(restored["train_state"], restored["rng"], text_features)
+        log.info("resumed from %s at step %d", store.directory, step)
     start_step = run.step
     if primary:
-        _truncate_metrics(workdir / METRICS_FILE, start_step)
-        (workdir / "config.json").write_text(config_to_json(config))
+        records = read_metrics(workdir / METRICS_FILE)
+        kept = [record for record in records if record.get("step", 0) <= start_step]
+        if (workdir / METRICS_FILE).exists():  # drops what was logged after the checkpoint resumed from
+            write_atomic(workdir / METRICS_FILE, "".join(json.dumps(record) + "\n" for record in kept))
+        write_atomic(workdir / "config.json", config_to_json(config))
 
     def save(loop: Loop, metrics: dict | None) -> None:
         save_checkpoint(store, loop.run, loop.step, loop.epoch + 1, metadata, metrics)
@@ -82,6 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     losses = hook_types.LossMonitor(config.train.log_every_steps)
     text = hook_types.TextRefresh()
     evaluation = hook_types.Evaluation(config.train.eval_every_epochs, text=text)
+    checkpointing = hook_types.Checkpointing(
+        save, every_steps=config.train.checkpoint_every_steps, evaluation=evaluation
+    )
     job_hooks = [
         losses,
         hook_types.EpochTimer(),
@@ -89,7 +102,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         hook_types.ProgressBar(losses, enabled=primary and config.train.progress_bar, cutoff=config.eval.k),
         evaluation,
         hook_types.MetricsLog(workdir / METRICS_FILE, enabled=primary),
-        hook_types.Checkpointing(save, every_steps=config.train.checkpoint_every_steps, evaluation=evaluation),
+        checkpointing,
+        hook_types.Preemption(checkpointing),  # last: it raises Preempted when the loop ends
     ]
     try:
         loop = train_loop(run, num_epochs=config.train.num_epochs, hooks=job_hooks)
@@ -97,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         store.close()
     last = loop.last_record
     if loop.step == start_step and start_step > 0:
-        last = _last_logged(workdir / METRICS_FILE)
+        records = read_metrics(workdir / METRICS_FILE)
+        last = records[-1] if records else {}
     if primary and config.train.plot_curves:
         from graphrec_jax.plots import plot_training_curves
 
@@ -133,7 +148,12 @@ def _metadata(config, dataset: Dataset, best_metric: str) -> dict[str, Any]:
         "item_titles": titles,
         "config": json.loads(config_to_json(config)),
         "id_maps": {"user": dataset.user_map.to_json(), "item": dataset.item_map.to_json()},
-        "dataset": {"name": dataset.name, "num_users": dataset.num_users, "num_items": dataset.num_items},
+        "dataset": {
+            "name": dataset.name,
+            "num_users": dataset.num_users,
+            "num_items": dataset.num_items,
+            "num_train": len(dataset.train),
+        },
         "evaluation": {
             name: (None if split.candidate_items is None else np.asarray(split.candidate_items).tolist())
             for name, split in dataset.evaluation.items()
@@ -141,28 +161,72 @@ def _metadata(config, dataset: Dataset, best_metric: str) -> dict[str, Any]:
     }
 
 
-def _check_same_run(saved: dict, current: dict, workdir: Path) -> None:
-    # Through config_from_json: keys added since the checkpoint was written take their defaults.
-    saved_config = json.loads(config_to_json(config_from_json(json.dumps(saved.get("config", {})))))
-    for section in ("data", "model"):
-        if saved_config.get(section) != current["config"].get(section):
-            raise ValueError(
-                f"{workdir} holds checkpoints of a run with a different config.{section}; "
-                "resume with the same config or use a new --workdir"
-            )
+# Keys a resumed run may change: they decide how long it runs and what it reports, not what
+# its steps compute.
+RESUMABLE_KEYS = (
+    "train.num_epochs",
+    "train.eval_every_epochs",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.log_every_steps",
+    "train.progress_bar",
+    "train.plot_curves",
+    "train.init_from",
+    "sampling.prefetch_batches",
+    "sampling.inference_chunk_rows",
+    "eval.extra_k",
+    "eval.user_chunk_size",
+    "model.aggregation",
+    "model.text.cache_dir",
+    "model.text.encode_batch_size",
+    "model.text.encode_workers",
+)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops records written after the checkpoint being resumed from (a crash between
-    logging and saving would otherwise log that evaluation twice)."""
+def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
+    """Raises ConfigError naming every key whose value differs from the run saved in `workdir`,
+    except those in `RESUMABLE_KEYS` (and `data.path` when the data it reads is the same size)."""
+    before = _flat(json.loads(config_to_json(config_from_json(json.dumps(saved.get("config", {}))))))
+    now = _flat(current["config"])
+    sizes = ("num_users", "num_items", "num_train")
+    same_data = all(saved.get("dataset", {}).get(key) in (None, current["dataset"][key]) for key in sizes)
+    changed = [
+        key
+        for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key) and key not in RESUMABLE_KEYS and not (key == "data.path" and same_data)
+    ]
+    if changed:
+        differences = "; ".join(f"{key} was {before.get(key)!r}, is {now.get(key)!r}" for key in changed)
+        raise ConfigError(
+            f"{workdir} holds a run with another config ({differences}). Resume with the saved values "
+            f"({workdir / 'config.json'}), or train afresh in a new --workdir"
+        )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a `metrics.jsonl`; a last line a kill cut short is dropped with a warning."""
     if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def _last_logged(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    lines = [line for line in path.read_text().splitlines() if line]
-    return json.loads(lines[-1]) if lines else {}
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropping its last line, cut short ({error})", RuntimeWarning, stacklevel=2)
+                break
+            raise ConfigError(
+                f"{path}, line {number}: not a JSON record ({error}); repair or delete that line"
+            ) from None
+    return records
