@@ -21,7 +21,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the metrics to this JSON file (atomically)")
     parser.add_argument("--verbose", action="store_true", help="show the traceback of a user error")
     args = parser.parse_args()
-    run_script(lambda: run_evaluation(args.workdir, which=args.which, step=args.step, out=args.out), verbose=args.verbose)
+    run_script(
+        lambda: run_evaluation(args.workdir, which=args.which, step=args.step, out=args.out), verbose=args.verbose
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ A user error (an unknown user id, a bad --k) ends in one line `error: ...` and e
 
 import argparse
 
-from graphrec_jax.cli import read_user_ids, run_script, run_scoring
+from graphrec_jax.cli import read_user_ids, run_scoring, run_script
 from graphrec_jax.host_memory import use_huge_pages
 
 

@@ -1,11 +1,9 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from graphrec_jax.text.bert import BertConfig, BertModel, pool
 from graphrec_jax.text.finetune import (
-    TEXT_PARAMS,
     TextTower,
     choose_text_items,
     compute_prefix_states,

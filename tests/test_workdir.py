@@ -1,8 +1,8 @@
 """End to end: train, checkpoint, restore, score; resume, crash, corruption, divergence."""
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess

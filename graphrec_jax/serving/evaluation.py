@@ -16,8 +16,8 @@ import numpy as np
 from graphrec_jax.data.types import EvalSplit
 from graphrec_jax.graph.sparse import Csr
 from graphrec_jax.models.setup import ModelSetup
-from graphrec_jax.serving.metrics import ranking_metrics
 from graphrec_jax.serving import propagation
+from graphrec_jax.serving.metrics import ranking_metrics
 from graphrec_jax.serving.ranking import csr_by_user, csr_rows, top_k_items
 
 
