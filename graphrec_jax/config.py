@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     synthetic.num_topics = 8
     synthetic.interactions_per_user = 20
     synthetic.cold_item_ratio = 0.0
+    synthetic.friends_per_user = 0  # > 0: users befriend this many others of similar taste (social links)
     synthetic.seed = 0
     data.text = text = ml_collections.ConfigDict()
     text.item_fields = "title,brand,categories,description"
@@ -81,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
     model.num_layers = 3
     model.init_std = 0.1
     model.fusion = "graph_only"
+    model.social_weight = 1.0  # social links' weight against interactions in the propagated graph
     model.aggregation = "auto"  # propagation backend: auto (native CPU kernels where they run), native, xla
     model.id_dropout = 0.0  # text fusions: share of training items shown by text alone (DropoutNet)
     model.text_hidden_dim = 0  # text projection: 0 is linear, else an MLP with this hidden width
@@ -186,6 +188,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.id_dropout={config.model.id_dropout!r} must lie in [0, 1)")
     _positive("model.text_hidden_dim", config.model.text_hidden_dim, allow_zero=True)
     _positive("model.embedding_dim", config.model.embedding_dim)
+    _positive("model.social_weight", config.model.social_weight, allow_zero=True)
     _positive("model.num_layers", config.model.num_layers, allow_zero=True)
     _positive("model.text.max_length", config.model.text.max_length)
     _positive("model.text.finetune_items_per_step", config.model.text.finetune_items_per_step)
@@ -233,6 +236,11 @@ def _validate_sampled(config: ml_collections.ConfigDict, fanouts: list[int]) -> 
         raise ConfigError(
             f"sampling.fanouts={sampling.fanouts!r} gives {len(fanouts)} hops but model.num_layers="
             f"{config.model.num_layers}: sampled training needs one fanout per layer"
+        )
+    if sampling.method == "importance" and config.model.name == "sociallgn":
+        raise ConfigError(
+            "sampling.method='importance' cannot feed model.name='sociallgn': importance neighbourhoods mix "
+            "items and friends, and SocialLGN propagates them apart; use sampling.method='uniform'"
         )
     if sampling.method == "importance":
         _positive("sampling.num_walks", sampling.num_walks)

@@ -29,3 +29,14 @@ def power_law_graph():
     pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, 38, 400), items, strict=True)}
     users, items = (np.array(column, np.int32) for column in zip(*sorted(pairs), strict=True))
     return build_interaction_graph(40, 25, users, items)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A small random BERT checkpoint directory whose vocabulary covers the synthetic catalogue."""
+    from graphrec_jax.data.synthetic import generate_catalogue
+    from graphrec_jax.text.pretrained import create_random_checkpoint
+
+    _, texts = generate_catalogue(60, 40, 4, 8, seed=0)
+    words = sorted({word.strip(",.").lower() for text in texts for value in text.values() for word in value.split()})
+    return str(create_random_checkpoint(tmp_path_factory.mktemp("bert"), words))

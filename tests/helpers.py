@@ -24,8 +24,13 @@ def require_dataset(relative: str) -> Path:
 
 
 def dense_adjacency(graph) -> np.ndarray:
-    """The graph's weighted adjacency as a dense `[n, n]` matrix, rows = receivers."""
+    """What one propagation step multiplies by, as a dense `[n, n]` matrix, rows = receivers
+    (every block but the transpose of directed social links, which only carries gradients)."""
+    from graphrec_jax.graph.build import SOCIAL_REVERSE_EDGE
+
     n = int(np.sum(graph.n_node))
+    forward = np.asarray(graph.edges["kind"]) != SOCIAL_REVERSE_EDGE
     matrix = np.zeros((n, n), np.float64)
-    np.add.at(matrix, (np.asarray(graph.receivers), np.asarray(graph.senders)), np.asarray(graph.edges["weight"]))
+    receivers, senders = np.asarray(graph.receivers)[forward], np.asarray(graph.senders)[forward]
+    np.add.at(matrix, (receivers, senders), np.asarray(graph.edges["weight"])[forward])
     return matrix

@@ -11,7 +11,7 @@ import pytest
 
 from configs import test as test_config
 from graphrec_jax.config import ConfigError, validate_config
-from graphrec_jax.graph.build import ITEM_NODE, build_interaction_graph, pad_graph
+from graphrec_jax.graph.build import ITEM_NODE, SOCIAL_EDGE, build_interaction_graph, pad_graph
 from graphrec_jax.graph.layers import lightgcn_propagate
 from graphrec_jax.graph.subgraphs import (
     NeighborSampler,
@@ -68,6 +68,36 @@ def test_full_fanout_subgraph_gives_full_graph_outputs_and_gradients(graph, arch
     params = model.init(jax.random.PRNGKey(0), graph)["params"]
     cotangent = np.random.default_rng(2).normal(size=(len(SEEDS), 8)).astype(np.float32)
     full, full_grads = _outputs_and_gradients(model, params, graph, jnp.asarray(SEEDS, jnp.int32), cotangent)
+    part, part_grads = _outputs_and_gradients(model, params, padded, jnp.asarray(positions), cotangent)
+    np.testing.assert_allclose(part, full, atol=1e-5)
+    for full_grad, part_grad in zip(jax.tree.leaves(full_grads), jax.tree.leaves(part_grads), strict=True):
+        np.testing.assert_allclose(part_grad, full_grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("architecture", ["lightgcn", "sociallgn"])
+@pytest.mark.parametrize("directed", [False, True])
+def test_full_fanout_subgraph_of_a_social_graph_is_exact_per_edge_kind(interactions, architecture, directed):
+    # Hops sample items and friends alike; each subgraph edge keeps its kind, so SocialLGN's
+    # separate interaction and social aggregates (and the joint LightGCN's sum) stay exact.
+    rng = np.random.default_rng(5)
+    followers, friends = rng.integers(0, NUM_USERS, 60), rng.integers(0, NUM_USERS, 60)
+    keep = followers != friends
+    pairs = set(zip(followers[keep].tolist(), friends[keep].tolist(), strict=True))
+    if not directed:
+        pairs |= {(b, a) for a, b in pairs}
+    followers, friends = (np.array(side) for side in zip(*sorted(pairs), strict=True))
+    social = build_interaction_graph(
+        NUM_USERS, NUM_ITEMS, *interactions, social=(followers, friends), social_weight=0.7
+    )
+    sampler = NeighborSampler(social, NUM_USERS, [100, 100])
+    subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(1))
+    kinds = np.asarray(subgraph.edges["kind"])
+    assert SOCIAL_EDGE in kinds and np.all(np.diff(kinds) >= 0)  # blocks by kind, as the full graph's
+    padded = pad_subgraph(subgraph, int(subgraph.n_node[0]) + 40, int(subgraph.n_edge[0]) + 64)
+    model = RecommenderModel(num_nodes=NUM_USERS + NUM_ITEMS, embedding_dim=8, num_layers=2, architecture=architecture)
+    params = model.init(jax.random.PRNGKey(0), social)["params"]
+    cotangent = np.random.default_rng(2).normal(size=(len(SEEDS), 8)).astype(np.float32)
+    full, full_grads = _outputs_and_gradients(model, params, social, jnp.asarray(SEEDS, jnp.int32), cotangent)
     part, part_grads = _outputs_and_gradients(model, params, padded, jnp.asarray(positions), cotangent)
     np.testing.assert_allclose(part, full, atol=1e-5)
     for full_grad, part_grad in zip(jax.tree.leaves(full_grads), jax.tree.leaves(part_grads), strict=True):

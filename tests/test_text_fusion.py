@@ -6,17 +6,8 @@ import pytest
 
 from configs import test as test_config
 from graphrec_jax.checkpoint import CheckpointStore
-from graphrec_jax.data.synthetic import generate_catalogue
 from graphrec_jax.serving.recommender import Recommender
-from graphrec_jax.text.pretrained import create_random_checkpoint
 from graphrec_jax.training.workdir import train_and_evaluate
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    _, texts = generate_catalogue(60, 40, 4, 8, seed=0)
-    words = sorted({word.strip(",.").lower() for text in texts for value in text.values() for word in value.split()})
-    return str(create_random_checkpoint(tmp_path_factory.mktemp("bert"), words))
 
 
 def _config(tiny_bert, fusion, regime="frozen"):

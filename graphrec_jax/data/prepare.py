@@ -86,6 +86,8 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
         base, cold_raw, links, extra_items, files = _read_sociallgn(path, split.method, read_links=own_links)
     else:
         base, cold_raw = _read_base(data_config, path)
+        if file_format == "synthetic" and data_config.synthetic.get("friends_per_user", 0) > 0 and own_links:
+            links = _synthetic_links(base, data_config.synthetic)
     if not own_links:
         links = read_id_pairs(
             Path(str(social.path)).expanduser(),
@@ -191,6 +193,22 @@ def _read_sociallgn(path: Path, method: str, *, read_links: bool):
         )
     extra_items = np.arange(folder.num_items, dtype=np.int64)
     return base, None, folder.links, extra_items, files if method == "predefined" else None
+
+
+def _synthetic_links(base: RawData, settings) -> IdPairs:
+    """The synthetic catalogue's friendships as a link table."""
+    table = base.interactions
+    friends = synthetic.generate_friendships(
+        table["user"].to_numpy(), table["item"].to_numpy(), settings.friends_per_user, seed=settings.seed
+    )
+    return IdPairs(
+        Path("the synthetic catalogue's friendships"),
+        ("user_id", "friend_id"),
+        friends["user_id"].to_numpy(dtype=object),
+        friends["friend_id"].to_numpy(dtype=object),
+        np.arange(1, len(friends) + 1, dtype=np.int64),
+        row_word="row",
+    )
 
 
 def _flatten(files: SplitFiles) -> RawData:

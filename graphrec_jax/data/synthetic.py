@@ -233,3 +233,36 @@ def _describe_item(rng: np.random.Generator, topic: int, num_topics: int) -> dic
         body = " ".join(word() for _ in range(int(rng.integers(5, 10))))
         sentences.append(body.capitalize() + ".")
     return {"title": title, "description": " ".join(sentences), "brand": brand, "categories": categories}
+
+
+def generate_friendships(
+    user_ids: np.ndarray, item_ids: np.ndarray, friends_per_user: int, seed: int = 0
+) -> pd.DataFrame:
+    """Friendships among the catalogue's users, with homophily: each user befriends
+    `friends_per_user` others drawn with probability proportional to `exp(4 * cosine)` of the two
+    users' item profiles, so friends tend to share tastes (as real friends do).
+
+    Args:
+      user_ids, item_ids: `[n]` raw ids of the interactions (`generate_catalogue`'s table).
+      friends_per_user: friends each user picks (friendships are mutual, so most users end up
+        with more).
+      seed: the draw's seed.
+
+    Returns:
+      a table with columns user_id, friend_id (raw ids), one row per pick. Host numpy.
+    """
+    users, user_codes = np.unique(np.asarray(user_ids), return_inverse=True)
+    items, item_codes = np.unique(np.asarray(item_ids), return_inverse=True)
+    num_users = len(users)
+    if num_users < 2 or friends_per_user < 1:
+        return pd.DataFrame({"user_id": [], "friend_id": []})
+    profile = np.zeros((num_users, len(items)))
+    np.add.at(profile, (user_codes, item_codes), 1.0)
+    profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+    similarity = profile @ profile.T
+    rng = np.random.default_rng([seed, 17])
+    keys = 4.0 * similarity + rng.gumbel(size=similarity.shape)
+    np.fill_diagonal(keys, -np.inf)
+    count = min(friends_per_user, num_users - 1)
+    chosen = np.argsort(-keys, axis=1)[:, :count]
+    return pd.DataFrame({"user_id": np.repeat(users, count), "friend_id": users[chosen.ravel()]})

@@ -10,32 +10,45 @@ argument is one of `kernels.BACKENDS`: "xla" (XLA's segment sum, what GPUs and T
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import jraph
 
 from graphrec_jax import kernels
-from graphrec_jax.graph.build import csr_offsets
+from graphrec_jax.graph.build import SOCIAL_EDGE, SOCIAL_REVERSE_EDGE, csr_offsets, edge_kinds
 
 # (graph, x [n_node, d]) -> [n_node, d]
 Aggregate = Callable[[jraph.GraphsTuple, jax.Array], jax.Array]
 
 
-def aggregate(graph: jraph.GraphsTuple, x: jax.Array, *, backend: str = "auto") -> jax.Array:
-    """Normalised neighbour sum `A_hat @ x`: `[n_node, d] -> [n_node, d]`.
+def _kinds(graph: jraph.GraphsTuple, kinds: Sequence[int] | None) -> list[int]:
+    """The propagating blocks of `graph` among `kinds` (None: all of them)."""
+    present = [kind for kind in edge_kinds(graph) if kind != SOCIAL_REVERSE_EDGE]
+    return present if kinds is None else [kind for kind in present if kind in kinds]
 
-    The adjacency must be symmetric (both directions of every edge with equal weight), which
-    lets the backward pass reuse the same operator.
+
+def aggregate(
+    graph: jraph.GraphsTuple, x: jax.Array, *, kinds: Sequence[int] | None = None, backend: str = "auto"
+) -> jax.Array:
+    """Normalised neighbour sum `A_hat @ x`: `[n_node, d] -> [n_node, d]`, summed over the edge
+    blocks of `kinds` (None: every block: interactions, social and item-item links).
+
+    A block of undirected edges is symmetric, so its backward pass reuses it; directed social
+    links propagate their gradient through their stored transpose block.
     """
-    return kernels.csr_matmul(
-        csr_offsets(graph),
-        graph.senders,
-        graph.edges["weight"],
-        x,
-        backend=backend,
-    )
+    total = None
+    for kind in _kinds(graph, kinds):
+        transpose = None
+        if kind == SOCIAL_EDGE and SOCIAL_REVERSE_EDGE in edge_kinds(graph):
+            transpose = (csr_offsets(graph, SOCIAL_REVERSE_EDGE), graph.senders, graph.edges["weight"])
+        product = kernels.csr_matmul(
+            csr_offsets(graph, kind), graph.senders, graph.edges["weight"], x, transpose=transpose, backend=backend
+        )
+        total = product if total is None else total + product
+    return jnp.zeros_like(x) if total is None else total
 
 
 def gather_rows(x: jax.Array, indices: jax.Array, *, backend: str = "auto") -> jax.Array:
@@ -46,16 +59,22 @@ def gather_rows(x: jax.Array, indices: jax.Array, *, backend: str = "auto") -> j
     return kernels.take_rows(x, indices, backend=backend)
 
 
-def aggregate_rows(graph: jraph.GraphsTuple, x: jax.Array, rows: jax.Array, *, backend: str = "auto"):
-    """Rows of `A_hat @ x` only: `x [n_node, d], rows [r] -> [r, d]`."""
-    return kernels.csr_matmul_rows(
-        csr_offsets(graph),
-        graph.senders,
-        graph.edges["weight"],
-        x,
-        rows,
-        backend=backend,
-    )
+def aggregate_rows(
+    graph: jraph.GraphsTuple,
+    x: jax.Array,
+    rows: jax.Array,
+    *,
+    kinds: Sequence[int] | None = None,
+    backend: str = "auto",
+):
+    """Rows of `aggregate(graph, x)` only: `x [n_node, d], rows [r] -> [r, d]`."""
+    total = None
+    for kind in _kinds(graph, kinds):
+        product = kernels.csr_matmul_rows(
+            csr_offsets(graph, kind), graph.senders, graph.edges["weight"], x, rows, backend=backend
+        )
+        total = product if total is None else total + product
+    return jnp.zeros((rows.shape[0], x.shape[1]), x.dtype) if total is None else total
 
 
 def lightgcn_propagate(

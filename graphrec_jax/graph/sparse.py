@@ -17,6 +17,7 @@ import jraph
 import numpy as np
 
 from graphrec_jax import kernels
+from graphrec_jax.graph.build import SOCIAL_REVERSE_EDGE, csr_offsets, edge_kinds
 
 EDGE_BLOCK_MULTIPLE = 4096
 
@@ -25,11 +26,13 @@ EDGE_BLOCK_MULTIPLE = 4096
 class Csr:
     """A sparse operator by rows: row `r` aggregates `weights[j] * x[neighbors[j]]` over
     `j in offsets[r]:offsets[r + 1]`. offsets int64 `[n + 1]`, neighbors int32 `[nnz]`,
-    weights float32 `[nnz]`."""
+    weights float32 `[nnz]`, and optionally kinds int8 `[nnz]`: the edge kind of each entry
+    (`graph.build.INTERACTION_EDGE`, ...)."""
 
     offsets: np.ndarray
     neighbors: np.ndarray
     weights: np.ndarray
+    kinds: np.ndarray | None = None
 
     @property
     def num_rows(self) -> int:
@@ -40,9 +43,27 @@ class Csr:
 
 
 def graph_operator(graph: jraph.GraphsTuple) -> Csr:
-    """The normalised adjacency of an (unpadded) interaction graph as a `Csr`."""
-    offsets = np.append(np.asarray(graph.nodes["edge_start"], np.int64), len(graph.senders))
-    return Csr(offsets, np.asarray(graph.senders, np.int32), np.asarray(graph.edges["weight"], np.float32))
+    """What one propagation step multiplies by: the sum of an (unpadded) graph's blocks (the
+    transpose block of directed social links aside), each row's entries block by block, with
+    their kinds. Host-side."""
+    senders = np.asarray(graph.senders, np.int32)
+    weights = np.asarray(graph.edges["weight"], np.float32)
+    kinds = np.asarray(graph.edges["kind"], np.int8)
+    rows = [np.asarray(csr_offsets(graph, kind), np.int64) for kind in edge_kinds(graph) if kind != SOCIAL_REVERSE_EDGE]
+    if len(rows) == 1:
+        offsets = rows[0]
+        entries = slice(offsets[0], offsets[-1])
+        return Csr(offsets - offsets[0], senders[entries], weights[entries], kinds[entries])
+    lengths = [np.diff(offsets) for offsets in rows]
+    total = sum(lengths)
+    offsets = np.zeros(len(total) + 1, np.int64)
+    np.cumsum(total, out=offsets[1:])
+    entries = np.empty(int(offsets[-1]), np.int64)  # for each merged entry, its place in the graph
+    before = np.zeros(len(total), np.int64)
+    for block, length in zip(rows, lengths, strict=True):
+        entries[ragged_arange(offsets[:-1] + before, length)] = ragged_arange(block[:-1], length)
+        before += length
+    return Csr(offsets, senders[entries], weights[entries], kinds[entries])
 
 
 def ragged_arange(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

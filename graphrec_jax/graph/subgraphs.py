@@ -24,10 +24,17 @@ layer-2 outputs then equal the directed estimator's, and since the operator is s
 the gradients are exact too. Nodes are deduplicated within each level (a node sampled by
 several parents is one node with several edges).
 
+Edge kinds. Hops sample from every block of the full graph (a user's items and friends
+alike, `sparse.graph_operator`); each subgraph edge keeps its kind, and the subgraph's edges
+come in blocks by kind, as the full graph's do (`graph.build`), so a model can propagate over
+one kind (SocialLGN) or all. The reverse and cancelling edges of a kind stay in that kind, so
+each block on its own keeps the exactness above.
+
 Node features of a subgraph (`graph.nodes`): `global_id` int32 (full-graph node index:
 the model gathers layer-0 embeddings and text features through it), `kind` int8 (user or
 item: `kind == graph.ITEM_NODE` is the item mask a text encoder needs), `is_seed` bool,
-`has_edges` bool (the node has training interactions in the full graph), `edge_start`.
+`has_edges` bool (the node has training interactions in the full graph), and the row starts
+of each block (`edge_start`, ...).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from collections.abc import Sequence
 import jraph
 import numpy as np
 
-from graphrec_jax.graph.build import ITEM_NODE, node_degrees
+from graphrec_jax.graph.build import BLOCKS, INTERACTION_EDGE, ITEM_NODE, block_keys, node_degrees
 from graphrec_jax.graph.sparse import Csr, graph_operator, ragged_arange
 
 BUDGET_MULTIPLE = 256
@@ -150,9 +157,10 @@ class NeighborSampler:
         self.fanouts = fanouts
         self.method = method
         self.num_users = num_users
-        self.operator = graph_operator(graph)
+        self.operator = graph_operator(graph)  # every block of edges, a row's blocks one after another
         self.num_nodes = self.operator.num_rows
-        self.degree = node_degrees(graph)
+        self.degree = self.operator.row_lengths()
+        self.trained = node_degrees(graph, INTERACTION_EDGE) > 0
         if method == "importance":
             self.tables = importance_operators(
                 self.operator, fanouts, num_walks=num_walks, walk_length=walk_length, seed=seed
@@ -200,13 +208,14 @@ class NeighborSampler:
     def _hop(self, receivers: np.ndarray, fanout: int, rng: np.random.Generator):
         """Sampled in-edges of `receivers` (global ids), grouped by receiver.
 
-        Returns (counts `[r]`, senders `[e]` int32 global ids, weights `[e]` float32)."""
+        Returns (counts `[r]`, senders `[e]` int32 global ids, weights `[e]` float32, kinds `[e]`
+        int8: each edge's block; importance neighbourhoods mix blocks and are all kind 0)."""
         if self.method == "importance":
             table = self.tables[fanout]
             starts = table.offsets[receivers]
             counts = table.offsets[receivers + 1] - starts
             entries = ragged_arange(starts, counts)
-            return counts, table.neighbors[entries], table.weights[entries]
+            return counts, table.neighbors[entries], table.weights[entries], np.zeros(len(entries), np.int8)
         degree = self.degree[receivers]
         counts = np.minimum(degree, fanout)
         out_start = np.cumsum(counts) - counts
@@ -218,7 +227,8 @@ class NeighborSampler:
         picks = _choose_without_replacement(degree[large], fanout, rng)
         entries[(out_start[large][:, None] + np.arange(fanout)).ravel()] = (starts[large][:, None] + picks).ravel()
         scale = np.repeat((degree / np.maximum(counts, 1)).astype(np.float32), counts)
-        return counts, self.operator.neighbors[entries], self.operator.weights[entries] * scale
+        kinds = self.operator.kinds[entries]
+        return counts, self.operator.neighbors[entries], self.operator.weights[entries] * scale, kinds
 
     def sample(self, seeds: np.ndarray, rng: np.random.Generator) -> tuple[jraph.GraphsTuple, np.ndarray]:
         """The symmetric subgraph of `seeds`' sampled neighbourhoods.
@@ -233,55 +243,62 @@ class NeighborSampler:
         """
         level0, positions = self._unique(np.asarray(seeds, np.int32))
         n0 = len(level0)
-        counts1, senders1, weights1 = self._hop(level0, self.fanouts[0], rng)
+        counts1, senders1, weights1, kinds1 = self._hop(level0, self.fanouts[0], rng)
         receivers1 = np.repeat(np.arange(n0, dtype=np.int32), counts1)
         level1, local1 = self._unique(senders1)
         n1 = len(level1)
         # Level-1 in-edges: the reverse of every first-hop edge, grouped by level-1 node.
         by_parent = np.argsort(local1, kind="stable")
         parent_counts = np.bincount(local1, minlength=n1)
-        blocks = [(parent_counts, receivers1[by_parent], weights1[by_parent])]
+        blocks = [(parent_counts, receivers1[by_parent], weights1[by_parent], kinds1[by_parent])]
         global_ids = [level0, level1]
         if len(self.fanouts) == 2:
-            counts2, senders2, weights2 = self._hop(level1, self.fanouts[1], rng)
+            counts2, senders2, weights2, kinds2 = self._hop(level1, self.fanouts[1], rng)
             # Leaves: the sampled second hop, then one cancelling copy of the parent per
             # first-hop edge; deduplicated by full-graph node (duplicate edges simply add up).
             level2, local2 = self._unique(np.concatenate([senders2, level0[receivers1[by_parent]]]))
             leaves = n0 + n1 + local2
-            blocks.append((counts2, leaves[: len(senders2)], weights2))
-            blocks.append((parent_counts, leaves[len(senders2) :], -weights1[by_parent]))
+            blocks.append((counts2, leaves[: len(senders2)], weights2, kinds2))
+            blocks.append((parent_counts, leaves[len(senders2) :], -weights1[by_parent], kinds1[by_parent]))
             global_ids.append(level2)
             leaf_parents = np.concatenate([np.repeat(np.arange(n1, dtype=np.int32), counts2), local1[by_parent]])
             leaf_weights = np.concatenate([weights2, -weights1[by_parent]])
+            leaf_kinds = np.concatenate([kinds2, kinds1[by_parent]])
             by_leaf = np.argsort(local2)  # group the leaves' in-edges (the only sort on this path)
-        level1_counts, level1_senders, level1_weights = _merge_grouped(n1, blocks)
+        level1_counts, level1_senders, level1_weights, level1_kinds = _merge_grouped(n1, blocks)
         receivers = [receivers1, n0 + np.repeat(np.arange(n1, dtype=np.int32), level1_counts)]
         senders = [n0 + local1, level1_senders]
         weights = [weights1, level1_weights]
+        kinds = [kinds1, level1_kinds]
         if len(self.fanouts) == 2:
             receivers.append(leaves[by_leaf])
             senders.append(n0 + leaf_parents[by_leaf])
             weights.append(leaf_weights[by_leaf])
+            kinds.append(leaf_kinds[by_leaf])
         global_id = np.concatenate(global_ids)
-        receivers = np.concatenate(receivers)
+        receivers, senders, weights, kinds = (np.concatenate(part) for part in (receivers, senders, weights, kinds))
         num_nodes = len(global_id)
-        in_degree = np.bincount(receivers, minlength=num_nodes)
-        edge_start = (np.cumsum(in_degree) - in_degree).astype(np.int32)
-        is_seed = np.zeros(num_nodes, bool)
-        is_seed[:n0] = True
+        nodes = {
+            "kind": (global_id >= self.num_users).astype(np.int8) * np.int8(ITEM_NODE),
+            "global_id": global_id.astype(np.int32),
+            "is_seed": np.arange(num_nodes) < n0,
+            "has_edges": self.trained[global_id],
+        }
+        present = np.unique(kinds)
+        if len(present) > 1 or present.tolist() not in ([], [INTERACTION_EDGE]):
+            # Blocks by kind, as the full graph's: each kind's edges stay grouped by receiver.
+            order = np.argsort(kinds, kind="stable")
+            receivers, senders, weights, kinds = receivers[order], senders[order], weights[order], kinds[order]
+        offset = 0
+        for key, kind in BLOCKS:
+            if kind == INTERACTION_EDGE or kind in present:
+                in_degree = np.bincount(receivers[kinds == kind], minlength=num_nodes)
+                nodes[key] = (offset + np.cumsum(in_degree) - in_degree).astype(np.int32)
+                offset += int(in_degree.sum())
         graph = jraph.GraphsTuple(
-            nodes={
-                "kind": (global_id >= self.num_users).astype(np.int8) * np.int8(ITEM_NODE),
-                "edge_start": edge_start,
-                "global_id": global_id.astype(np.int32),
-                "is_seed": is_seed,
-                "has_edges": self.degree[global_id] > 0,
-            },
-            edges={
-                "weight": np.concatenate(weights),
-                "kind": np.zeros(len(receivers), np.int8),
-            },
-            senders=np.concatenate(senders),
+            nodes=nodes,
+            edges={"weight": weights, "kind": kinds},
+            senders=senders,
             receivers=receivers,
             n_node=np.array([num_nodes], np.int32),
             n_edge=np.array([len(receivers)], np.int32),
@@ -290,23 +307,22 @@ class NeighborSampler:
         return graph, positions.astype(np.int32)
 
 
-def _merge_grouped(num_receivers: int, blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge_grouped(num_receivers: int, blocks) -> tuple[np.ndarray, ...]:
     """Interleaves edge blocks that are each grouped by receiver into one grouped list.
 
-    Each block is (counts `[num_receivers]`, senders, weights) with its edges in receiver
-    order. Returns (total counts, senders, weights) with, per receiver, block 0's edges, then
-    block 1's, ... (a counting merge: O(num_receivers + edges), no sort)."""
-    total = sum(counts for counts, _, _ in blocks)
+    Each block is (counts `[num_receivers]`, *edge arrays) with its edges in receiver order.
+    Returns (total counts, *edge arrays) with, per receiver, block 0's edges, then block 1's,
+    ... (a counting merge: O(num_receivers + edges), no sort)."""
+    total = sum(block[0] for block in blocks)
     start = np.cumsum(total) - total
-    senders = np.empty(int(total.sum()), np.int32)
-    weights = np.empty(int(total.sum()), np.float32)
+    merged = [np.empty(int(total.sum()), array.dtype) for array in blocks[0][1:]]
     before = np.zeros(num_receivers, np.int64)
-    for counts, block_senders, block_weights in blocks:
+    for counts, *arrays in blocks:
         position = ragged_arange(start + before, counts)
-        senders[position] = block_senders
-        weights[position] = block_weights
+        for out, array in zip(merged, arrays, strict=True):
+            out[position] = array
         before = before + counts
-    return total, senders, weights
+    return (total, *merged)
 
 
 def pad_subgraph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int) -> jraph.GraphsTuple:
@@ -331,7 +347,10 @@ def pad_subgraph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int) -> jr
     nodes = {key: fill(value, num_nodes) for key, value in graph.nodes.items()}
     loops = real_nodes + np.arange(padding_edges, dtype=np.int64) * padding_nodes // max(padding_edges, 1)
     per_node = np.bincount(loops - real_nodes, minlength=padding_nodes)
-    nodes["edge_start"][real_nodes:] = real_edges + np.cumsum(per_node) - per_node
+    keys = block_keys(graph)
+    for key, following in zip(keys[:-1], keys[1:], strict=True):
+        nodes[key][real_nodes:] = graph.nodes[following][0]  # padding nodes: empty rows
+    nodes[keys[-1]][real_nodes:] = real_edges + np.cumsum(per_node) - per_node  # the padding edges' rows
     loops = loops.astype(np.int32)
     return jraph.GraphsTuple(
         nodes=nodes,

@@ -25,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from graphrec_jax.graph.build import ITEM_NODE, csr_offsets
-from graphrec_jax.graph.layers import GCNLayer, gather_rows, gcn_propagate, lightgcn_propagate
+from graphrec_jax.graph.build import INTERACTION_EDGE, ITEM_NODE, SOCIAL_EDGE, USER_NODE, csr_offsets
+from graphrec_jax.graph.layers import GCNLayer, aggregate, gather_rows, gcn_propagate, lightgcn_propagate
 from graphrec_jax.text.finetune import params_without_text
 
-ARCHITECTURES = ("lightgcn", "gcn")
+# lightgcn and gcn propagate over every edge of the graph (social links joined in when the
+# data has them); sociallgn propagates users over interactions and friends separately and
+# fuses the two each layer (Liao et al., 2022).
+ARCHITECTURES = ("lightgcn", "gcn", "sociallgn")
 FUSIONS = ("graph_only", "text_only", "concat", "text_node_input")
 TEXT_FUSIONS = FUSIONS[1:]
 
@@ -54,7 +57,7 @@ class RecommenderModel(nn.Module):
       num_nodes: users + items.
       embedding_dim: width of id embeddings and of the output representations.
       num_layers: propagation depth.
-      architecture: "lightgcn" or "gcn".
+      architecture: "lightgcn", "gcn" or "sociallgn" (see `ARCHITECTURES`).
       fusion: one of graph_only, text_only, concat, text_node_input.
       init_std: standard deviation of the N(0, std) id-embedding initialiser.
       backend: the propagation backend, one of `kernels.BACKENDS` (see `graph.layers`).
@@ -161,10 +164,44 @@ class RecommenderModel(nn.Module):
     def _propagate(self, graph, inputs, rows):
         if self.architecture == "lightgcn":
             return lightgcn_propagate(graph, inputs, self.num_layers, rows=rows, backend=self.backend)
+        if self.architecture == "sociallgn":
+            return self._sociallgn(graph, inputs, rows)
         layers = [
             GCNLayer(self.embedding_dim, backend=self.backend, name=f"gcn_{index}") for index in range(self.num_layers)
         ]
         return gcn_propagate(layers, graph, inputs, rows=rows)
+
+
+    def _sociallgn(self, graph, inputs, rows):
+        """SocialLGN: each layer, users aggregate their items and their friends separately and fuse
+        the two (`SocialFusion`, shared by the layers); items aggregate their users; the
+        representation is the mean of the layers, as in LightGCN."""
+        fusion = SocialFusion(self.embedding_dim, name="social_fusion")
+        is_user = (graph.nodes["kind"] == USER_NODE)[:, None]
+        total = current = inputs
+        for _ in range(self.num_layers):
+            interaction = aggregate(graph, current, kinds=(INTERACTION_EDGE,), backend=self.backend)
+            social = aggregate(graph, current, kinds=(SOCIAL_EDGE,), backend=self.backend)
+            current = jnp.where(is_user, fusion(social, interaction), interaction)
+            total = total + current
+        total = total / (self.num_layers + 1)
+        return total if rows is None else total[rows]
+
+
+class SocialFusion(nn.Module):
+    """SocialLGN's graph fusion: `normalise(W3 [tanh(W1 social) ; tanh(W2 interaction)] + b)`,
+    `[n, d], [n, d] -> [n, d]`. Each row is scaled to unit L2 norm (the reference code divides
+    by the norm of the whole matrix, which would tie every user's scale to the batch's)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, social: jax.Array, interaction: jax.Array) -> jax.Array:
+        social = jnp.tanh(nn.Dense(self.features, use_bias=False, name="social")(social))
+        interaction = jnp.tanh(nn.Dense(self.features, use_bias=False, name="interaction")(interaction))
+        fused = nn.Dense(self.features, name="combine")(jnp.concatenate([social, interaction], axis=-1))
+        # rsqrt of a floored square norm: a zero row (a padding node) gets a zero gradient, not NaN
+        return fused * jax.lax.rsqrt(jnp.maximum(jnp.sum(fused * fused, axis=-1, keepdims=True), 1e-24))
 
 
 def make_representation_fn(model: RecommenderModel) -> Callable:

@@ -15,6 +15,7 @@ import jraph
 import ml_collections
 import numpy as np
 
+from graphrec_jax.data.errors import DataError
 from graphrec_jax.data.types import Dataset
 from graphrec_jax.graph.build import build_interaction_graph
 from graphrec_jax.models.network import TEXT_FUSIONS, RecommenderModel
@@ -61,9 +62,18 @@ def build_model(model_config: ml_collections.ConfigDict, num_nodes: int) -> Reco
     )
 
 
-def build_graph(dataset: Dataset) -> jraph.GraphsTuple:
-    """The training graph of `dataset`: its training interactions."""
-    return build_interaction_graph(dataset.num_users, dataset.num_items, dataset.train.users, dataset.train.items)
+def build_graph(dataset: Dataset, *, social_weight: float = 1.0) -> jraph.GraphsTuple:
+    """The training graph of `dataset`: its training interactions and, when the data has them,
+    its social links (weighted by `social_weight` against the interactions)."""
+    social = None if dataset.social is None else (dataset.social.users, dataset.social.friends)
+    return build_interaction_graph(
+        dataset.num_users,
+        dataset.num_items,
+        dataset.train.users,
+        dataset.train.items,
+        social=social,
+        social_weight=social_weight,
+    )
 
 
 def build_setup(
@@ -76,6 +86,11 @@ def build_setup(
     `config.model.text.encoder` (cached on disk).
     """
     model = build_model(config.model, dataset.num_users + dataset.num_items)
+    if model.architecture == "sociallgn" and (dataset.social is None or len(dataset.social) == 0):
+        raise DataError(
+            f"model.name='sociallgn' needs social links, and {dataset.name!r} has none: set data.social.path to "
+            "a table of user-user links (or use data.format='sociallgn'), or choose model.name='lightgcn'"
+        )
     if text_features is None and model.fusion in TEXT_FUSIONS:
         from graphrec_jax.text.features import load_text_encoder, node_text_features
 
@@ -88,7 +103,8 @@ def build_setup(
             pooling=text.pooling,
             cache_dir=text.cache_dir or None,
         )
-    return ModelSetup(dataset=dataset, graph=build_graph(dataset), model=model, text_features=text_features)
+    graph = build_graph(dataset, social_weight=config.model.social_weight)
+    return ModelSetup(dataset=dataset, graph=graph, model=model, text_features=text_features)
 
 
 def init_params(setup: ModelSetup, seed: int) -> dict:

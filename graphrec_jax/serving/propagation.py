@@ -63,7 +63,9 @@ def node_representations(
 
     Equals `model.apply(params, graph, text_features)[0]` up to float rounding. Not jittable.
     """
-    if operators is None and not layerwise:
+    if (operators is None and not layerwise) or model.architecture == "sociallgn":
+        # SocialLGN fuses users' interaction and social aggregates each layer, so it propagates
+        # over the whole graph's blocks as it trained (uniform hops estimate exactly those).
         return _compiled_representations(model)(params, graph, text_features)
     variables = {"params": params}
     if model.fusion == "text_only":

@@ -19,7 +19,7 @@ import pandas as pd
 
 from graphrec_jax.checkpoint import CheckpointError, CheckpointStore, has_checkpoints
 from graphrec_jax.config import ConfigError, config_from_json, validate_config
-from graphrec_jax.data.types import Dataset, IdMap, Interactions
+from graphrec_jax.data.types import Dataset, IdMap, Interactions, SocialLinks
 from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.models.setup import ModelSetup, build_setup
 from graphrec_jax.serving.propagation import inference_operators, node_representations
@@ -180,36 +180,49 @@ class Recommender:
         Returns a DataFrame with columns item_id, rank, similar_item_id, score (the item
         itself excluded).
         """
-        item_ids = _as_list(item_ids)
-        k = check_k(k)
         columns = ["item_id", "rank", "similar_item_id", "score"]
-        if not item_ids or len(self.item_map) < 2:
+        return self._most_similar(item_ids, k, self.item_map, self.item_representations, columns)
+
+    def similar_users(self, user_ids: Sequence[Any], k: int = 10) -> pd.DataFrame:
+        """The `k` most similar users to each user by cosine similarity of their learned
+        representations (in a social model, shaped by friends as well as items).
+
+        Returns a DataFrame with columns user_id, rank, similar_user_id, score (the user
+        itself excluded).
+        """
+        columns = ["user_id", "rank", "similar_user_id", "score"]
+        return self._most_similar(user_ids, k, self.user_map, self.user_representations, columns)
+
+    def _most_similar(self, ids, k, id_map: IdMap, representations, columns: list[str]) -> pd.DataFrame:
+        ids = _as_list(ids)
+        k = check_k(k)
+        if not ids or len(id_map) < 2:
             return pd.DataFrame({column: [] for column in columns})
-        items = self.item_map.to_index(item_ids, source="item_ids")
-        normalized = self.item_representations / jnp.maximum(
-            jnp.linalg.norm(self.item_representations, axis=-1, keepdims=True), 1e-12
-        )
-        k_eff = min(k, len(self.item_map) - 1)
-        own = np.arange(len(items) + 1, dtype=np.int64)
+        rows = id_map.to_index(ids, source=f"{id_map.kind}_ids")
+        normalized = representations / jnp.maximum(jnp.linalg.norm(representations, axis=-1, keepdims=True), 1e-12)
+        own = np.arange(len(rows) + 1, dtype=np.int64)
         similar, scores = top_k_items(
-            normalized[jnp.asarray(items)],
+            normalized[jnp.asarray(rows)],
             normalized,
-            np.arange(len(items)),
-            k_eff,
-            exclude=(own, items.astype(np.int32)),
-            user_chunk_size=min(self.config.eval.user_chunk_size, max(len(items), 1)),
+            np.arange(len(rows)),
+            min(k, len(id_map) - 1),
+            exclude=(own, rows.astype(np.int32)),
+            user_chunk_size=min(self.config.eval.user_chunk_size, max(len(rows), 1)),
             backend=self.config.model.aggregation,
         )
-        return self._ranked_table(item_ids, similar, scores, columns)
+        return self._ranked_table(ids, similar, scores, columns, id_map)
 
-    def _ranked_table(self, keys: list, items: np.ndarray, scores: np.ndarray, columns: list[str]) -> pd.DataFrame:
-        """One row per ranked item (`items [len(keys), k]`, -1 for none): key, rank, raw item id, score."""
+    def _ranked_table(
+        self, keys: list, items: np.ndarray, scores: np.ndarray, columns: list[str], id_map: IdMap | None = None
+    ) -> pd.DataFrame:
+        """One row per ranked entry (`items [len(keys), k]` indices into `id_map`, default the items;
+        -1 for none): key, rank, raw id, score."""
         position, rank = np.nonzero(items >= 0)
         return pd.DataFrame(
             {
                 columns[0]: [keys[index] for index in position],
                 columns[1]: rank + 1,
-                columns[2]: self.item_map.raw_ids[items[position, rank]],
+                columns[2]: (id_map or self.item_map).raw_ids[items[position, rank]],
                 columns[3]: scores[position, rank].astype(float),
             }
         )
@@ -315,12 +328,18 @@ def _restored_dataset(metadata: dict, arrays: dict) -> tuple:
     for name, values, size in (("train_users", users, len(user_map)), ("train_items", items, len(item_map))):
         if values.dtype.kind not in "iu" or (len(values) and not 0 <= values.min() <= values.max() < size):
             raise ValueError(f"{name} must be indices in [0, {size}) (the id map's size)")
+    social = None
+    if "social_users" in arrays:
+        social = SocialLinks(np.asarray(arrays["social_users"]), np.asarray(arrays["social_friends"]))
+        if len(social) and max(social.users.max(), social.friends.max()) >= len(user_map):
+            raise ValueError(f"social links name users beyond the user map's {len(user_map)}")
     dataset = Dataset(
         user_map=user_map,
         item_map=item_map,
         train=Interactions(users, items),
         evaluation={},
         name=str(metadata.get("dataset", {}).get("name", "dataset")),
+        social=social,
     )
     return config, dataset
 

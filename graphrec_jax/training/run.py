@@ -119,6 +119,8 @@ class TrainingRun:
         """What a checkpoint must hold besides the state for a restored model to serve."""
         dataset = self.setup.dataset
         arrays = {"train_users": dataset.train.users, "train_items": dataset.train.items}
+        if dataset.social is not None:
+            arrays["social_users"], arrays["social_friends"] = dataset.social.users, dataset.social.friends
         if self.setup.text_features is not None:
             arrays["text_features"] = self.setup.text_features
         return arrays
