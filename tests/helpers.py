@@ -34,3 +34,37 @@ def dense_adjacency(graph) -> np.ndarray:
     receivers, senders = np.asarray(graph.receivers)[forward], np.asarray(graph.senders)[forward]
     np.add.at(matrix, (receivers, senders), np.asarray(graph.edges["weight"])[forward])
     return matrix
+
+
+def override(config, **values):
+    """Sets dotted keys (`override(config, **{"model.name": "gcn"})`) and returns the config;
+    a value of another type than the default's is allowed (the bad-input tests need that)."""
+    for key, value in values.items():
+        section = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            section = section[parent]
+        with section.ignore_type():
+            section[leaf] = value
+    return config
+
+
+def free_port() -> int:
+    """A TCP port on localhost nobody listens on right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def subprocess_environment(num_devices: int = 1) -> dict:
+    """The environment of a test's child process: this checkout on the path, CPU only, with
+    `num_devices` CPU devices and no huge-page re-execution."""
+    return dict(
+        os.environ,
+        PYTHONPATH=str(REPO_ROOT),
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
+        GRAPHREC_HUGEPAGES="0",
+    )

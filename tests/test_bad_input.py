@@ -25,7 +25,7 @@ from graphrec_jax.data.errors import DataError
 from graphrec_jax.data.types import UnknownIdError
 from graphrec_jax.serving.recommender import Recommender, RequestError
 from graphrec_jax.training.workdir import train_and_evaluate
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, override
 
 GOOD_ROWS = "".join(
     f"u{user},i{(user * 3 + k) % 9},{1 + k % 5},{1000 + user * 10 + k}\n" for user in range(8) for k in range(4)
@@ -40,15 +40,7 @@ def _csv(tmp_path: Path, body: str, name: str = "data.csv") -> Path:
 
 
 def _config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        section = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            section = section[parent]
-        with section.ignore_type():
-            section[leaf] = value
-    return config
+    return override(test_config.get_config(), **overrides)
 
 
 def _table_config(path: Path, **overrides):

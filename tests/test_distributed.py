@@ -5,8 +5,6 @@ devices: each process feeds its local device its share of every global batch.
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,33 +13,18 @@ import numpy as np
 import pytest
 
 from graphrec_jax.checkpoint import CheckpointStore
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port, subprocess_environment
 
 TIMEOUT = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        return probe.getsockname()[1]
-
-
-def _environment(num_devices: int) -> dict:
-    return dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-    )
-
-
 def _run_two_processes(command: list[str]) -> list[subprocess.CompletedProcess]:
     """Runs `command` as processes 0 and 1 of a 2-process job; returns both results."""
-    address = f"localhost:{_free_port()}"
+    address = f"localhost:{free_port()}"
     processes = [
         subprocess.Popen(
             [*command, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
-            env=_environment(1),
+            env=subprocess_environment(1),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -66,7 +49,11 @@ def _run_two_processes(command: list[str]) -> list[subprocess.CompletedProcess]:
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     script = [sys.executable, str(REPO_ROOT / "tests" / "workers" / "distributed_steps.py")]
     single = subprocess.run(
-        [*script, f"--out={tmp_path / 'single'}"], env=_environment(2), capture_output=True, text=True, timeout=TIMEOUT
+        [*script, f"--out={tmp_path / 'single'}"],
+        env=subprocess_environment(2),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     results = _run_two_processes([*script, f"--out={tmp_path / 'multi'}"])
@@ -104,7 +91,7 @@ def _records(workdir: Path) -> list[dict]:
 def test_train_script_as_two_processes_matches_one_process_and_checkpoints(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
     result = subprocess.run(
-        _train_command(single, 4), env=_environment(2), capture_output=True, text=True, timeout=TIMEOUT
+        _train_command(single, 4), env=subprocess_environment(2), capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     first, second = _run_two_processes(_train_command(multi, 4))
@@ -126,7 +113,7 @@ def test_train_script_as_two_processes_matches_one_process_and_checkpoints(tmp_p
     # a multi-process run resumes from its own checkpoints
     _run_two_processes(_train_command(multi, 6))
     result = subprocess.run(
-        _train_command(single, 6), env=_environment(2), capture_output=True, text=True, timeout=TIMEOUT
+        _train_command(single, 6), env=subprocess_environment(2), capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert _records(multi) == _records(single)

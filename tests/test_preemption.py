@@ -3,10 +3,8 @@ the rerun ends with an uninterrupted run's metrics; two saves of one step; the R
 multi-process command exits by itself."""
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,26 +13,10 @@ from pathlib import Path
 import pytest
 
 from graphrec_jax.checkpoint import CheckpointStore
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port, subprocess_environment
 
 TIMEOUT = 600
 TIMING = ("epoch_seconds", "eval_seconds")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _environment(num_devices: int = 1) -> dict:
-    return dict(
-        os.environ,
-        PYTHONPATH=str(REPO_ROOT),
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={num_devices}",
-        GRAPHREC_HUGEPAGES="0",
-    )
 
 
 def _records(workdir: Path) -> list[dict]:
@@ -67,8 +49,8 @@ def _wait_for_first_record(workdir: Path, processes) -> None:
 @pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    subprocess.run(_command(straight), env=_environment(), check=True, capture_output=True, timeout=TIMEOUT)
-    process = subprocess.Popen(_command(stopped), env=_environment(), stderr=subprocess.PIPE, text=True)
+    subprocess.run(_command(straight), env=subprocess_environment(), check=True, capture_output=True, timeout=TIMEOUT)
+    process = subprocess.Popen(_command(stopped), env=subprocess_environment(), stderr=subprocess.PIPE, text=True)
     _wait_for_first_record(stopped, [process])
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=TIMEOUT)
@@ -76,7 +58,7 @@ def test_sigterm_saves_at_the_next_step_and_the_rerun_matches_an_uninterrupted_r
     step = int(re.search(r"preempted: stopped at step (\d+)", stderr).group(1))
     assert 40 * 6 <= step < 120 * 6  # after the first evaluation (6 steps an epoch), before the end
     assert CheckpointStore(stopped, read_only=True).steps()[-1] == step
-    subprocess.run(_command(stopped), env=_environment(), check=True, capture_output=True, timeout=TIMEOUT)
+    subprocess.run(_command(stopped), env=subprocess_environment(), check=True, capture_output=True, timeout=TIMEOUT)
     assert _records(stopped) == _records(straight)
     assert [record["epoch"] for record in _records(stopped)] == [40, 80, 120]
 
@@ -85,7 +67,7 @@ def _two_processes(command: list[str], address: str) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
             [*command, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={index}"],
-            env=_environment(),
+            env=subprocess_environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -110,8 +92,8 @@ def _finish(processes) -> list[tuple[int, str, str]]:
 @pytest.mark.slow
 def test_sigterm_to_one_process_of_two_stops_both_at_one_step_and_the_rerun_matches(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    subprocess.run(_command(straight), env=_environment(2), check=True, capture_output=True, timeout=TIMEOUT)
-    processes = _two_processes(_command(stopped), f"127.0.0.1:{_free_port()}")
+    subprocess.run(_command(straight), env=subprocess_environment(2), check=True, capture_output=True, timeout=TIMEOUT)
+    processes = _two_processes(_command(stopped), f"127.0.0.1:{free_port()}")
     _wait_for_first_record(stopped, processes)
     processes[1].send_signal(signal.SIGTERM)  # JAX's preemption service tells process 0
     results = _finish(processes)
@@ -119,7 +101,7 @@ def test_sigterm_to_one_process_of_two_stops_both_at_one_step_and_the_rerun_matc
     steps = {int(re.search(r"stopped at step (\d+)", stderr).group(1)) for _, _, stderr in results}
     assert len(steps) == 1  # both saved the same step
     assert CheckpointStore(stopped, read_only=True).steps()[-1] == steps.pop()
-    results = _finish(_two_processes(_command(stopped), f"127.0.0.1:{_free_port()}"))
+    results = _finish(_two_processes(_command(stopped), f"127.0.0.1:{free_port()}"))
     assert [code for code, _, _ in results] == [0, 0]
     assert _records(stopped) == _records(straight)
 
@@ -132,11 +114,11 @@ def test_checkpoint_every_step_with_an_evaluation_every_epoch_finishes_and_rerun
         "--config.train.checkpoint_every_steps=1",
     )
     for _ in range(2):  # a rerun on the finished workdir saves nothing twice either
-        result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=TIMEOUT)
+        result = subprocess.run(command, env=subprocess_environment(), capture_output=True, text=True, timeout=TIMEOUT)
         assert result.returncode == 0, result.stderr[-2000:]
     longer = subprocess.run(
         [*command[:-3], "--config.train.num_epochs=4", *command[-2:]],
-        env=_environment(),
+        env=subprocess_environment(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -155,7 +137,7 @@ def _readme_two_process_command() -> str:
 @pytest.mark.slow
 def test_the_readmes_two_process_command_exits_by_itself(tmp_path):
     command = _readme_two_process_command()
-    port = _free_port()
+    port = free_port()
     command = command.replace("127.0.0.1:12345", f"127.0.0.1:{port}").replace("runs/demo-2p", str(tmp_path / "w"))
     processes = []
     for index in range(2):
@@ -165,7 +147,7 @@ def test_the_readmes_two_process_command_exits_by_itself(tmp_path):
             subprocess.Popen(
                 [sys.executable, *argv[1:]],
                 cwd=REPO_ROOT,
-                env=_environment(),
+                env=subprocess_environment(),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

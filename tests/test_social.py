@@ -13,6 +13,7 @@ from graphrec_jax.models.setup import build_setup, init_params
 from graphrec_jax.serving.propagation import node_representations
 from graphrec_jax.serving.recommender import Recommender
 from graphrec_jax.training.workdir import train_and_evaluate
+from tests.helpers import override
 
 
 def _config(architecture: str = "sociallgn", **overrides):
@@ -23,12 +24,7 @@ def _config(architecture: str = "sociallgn", **overrides):
     config.model.name = architecture
     config.train.num_epochs = 6
     config.train.eval_every_epochs = 3
-    for key, value in overrides.items():
-        section = config
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            section = section[parent]
-        section[leaf] = value
+    override(config, **overrides)
     return config
 
 

@@ -58,6 +58,11 @@ def test_finetuned_tower_trains_checkpoints_and_serves_new_items(tiny_bert, tmp_
     assert "brand_new" in recommender.item_ids
     table = recommender.recommend(recommender.user_ids[:3], k=len(recommender.item_ids))
     assert (table.item_id == "brand_new").sum() == 3
+    if recommender.item_categories is not None:  # the new item has no labels, and re-ranking by them works
+        assert len(recommender.item_categories) == len(recommender.item_ids)
+        assert recommender.item_categories[-1] == ()
+        diverse = recommender.recommend(recommender.user_ids[:3], k=5, diversity=0.5, diversify_by="categories")
+        assert len(diverse) == 15
     encoder = recommender._text_encoder()
     np.testing.assert_allclose(np.asarray(encoder.params["encoder"]["layer"]["1"]["output"]["dense"]["kernel"]), after)
 

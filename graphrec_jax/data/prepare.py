@@ -38,7 +38,7 @@ from graphrec_jax.data.types import Dataset, IdMap, Interactions
 
 _TABLE_FORMATS = ("csv", "tsv", "parquet")
 FORMATS = (*_TABLE_FORMATS, "movielens", "lightgcn", "amazon", "sociallgn", "synthetic")  # data.format
-_CATEGORY_FIELDS = "categories,genres,tags"
+CATEGORY_FIELDS = "categories,genres,tags"
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
@@ -132,7 +132,7 @@ def prepare_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
 
     name = data_config.name or (base.name if base is not None else path.name) or file_format
     text_config = data_config.get("text") or {}
-    categories = item_categories(item_text, text_config.get("category_fields", _CATEGORY_FIELDS))
+    categories = item_categories(item_text, text_config.get("category_fields", CATEGORY_FIELDS))
     dataset = Dataset(
         user_map,
         item_map,

@@ -51,6 +51,19 @@ def aggregate(
     return jnp.zeros_like(x) if total is None else total
 
 
+def aggregate_users(graph: jraph.GraphsTuple, users: jax.Array, *, backend: str = "auto") -> jax.Array:
+    """The social block's product on the user rows alone: `users [num_users, d] -> [num_users, d]`
+    (users are the first rows of the full graph and the only ends of social links)."""
+    num_users = users.shape[0]
+    offsets = csr_offsets(graph, SOCIAL_EDGE)[: num_users + 1]
+    transpose = None
+    if SOCIAL_REVERSE_EDGE in edge_kinds(graph):
+        transpose = (csr_offsets(graph, SOCIAL_REVERSE_EDGE)[: num_users + 1], graph.senders, graph.edges["weight"])
+    return kernels.csr_matmul(
+        offsets, graph.senders, graph.edges["weight"], users, transpose=transpose, backend=backend
+    )
+
+
 def gather_rows(x: jax.Array, indices: jax.Array, *, backend: str = "auto") -> jax.Array:
     """`x[indices]`, `[n, d], [m] -> [m, d]`, on `backend` (`kernels.take_rows`);
     float32 tables only take the kernel path, others index directly."""

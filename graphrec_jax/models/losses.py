@@ -84,3 +84,44 @@ def l2_penalty_sum(*arrays: jax.Array, mask: jax.Array) -> jax.Array:
         squared = jnp.sum(array.reshape(array.shape[0], -1) ** 2, axis=-1)
         total = total + jnp.sum(jnp.where(mask, squared, 0.0))
     return 0.5 * total
+
+
+def alignment_loss_sum(
+    *,
+    representation: jax.Array,
+    text: jax.Array,
+    text_items: jax.Array,
+    text_mask: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    temperature: float,
+) -> jax.Array:
+    """Text-graph alignment (RLMRec's contrastive alignment): in-batch InfoNCE of each item's
+    representation against the batch's projected text features, by cosine similarity.
+
+    Row i's positive is its own item's text; the other rows' texts are its negatives (the same
+    item's text again is not a negative). Summed over real rows, as the other losses.
+
+    Args:
+      representation: `[b, d]` the batch's positive items' collaborative representations.
+      text: `[c, d]` their projected text features (on several devices, gathered from all).
+      text_items: `[c]` int item index of each text; text_mask: `[c]` bool, False on padding.
+      target: `[b]` int index of each row's own text within `text`.
+      mask: `[b]` bool, False on padding rows.
+      temperature: logits are cosine similarities divided by it.
+    """
+    return sampled_softmax_loss_sum(
+        user=unit_rows(representation),
+        candidates=unit_rows(text),
+        candidate_items=text_items,
+        candidate_mask=text_mask,
+        target=target,
+        mask=mask,
+        temperature=temperature,
+    )
+
+
+def unit_rows(x: jax.Array) -> jax.Array:
+    """Rows scaled to unit L2 norm, `[n, d] -> [n, d]`; a zero row (padding) stays zero with a
+    finite gradient (rsqrt of a floored square norm, not a division by the norm)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))

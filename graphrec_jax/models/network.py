@@ -13,7 +13,9 @@ Fusions (`model.fusion`):
     flows through the graph and reaches neighbours.
 
 In the text fusions, nodes without a training interaction (cold items) have no trained id
-embedding; their id part is zeroed so that their representation comes from text alone.
+embedding; their id part is zeroed so that their representation comes from text alone, and,
+when the graph holds item-item semantic edges (`graph.semantic`), from what propagation
+brings them over those edges from the warm items that read like them.
 """
 
 from __future__ import annotations
@@ -25,8 +27,24 @@ import jax
 import jax.numpy as jnp
 import jraph
 
-from graphrec_jax.graph.build import INTERACTION_EDGE, ITEM_NODE, SOCIAL_EDGE, USER_NODE, csr_offsets
-from graphrec_jax.graph.layers import GCNLayer, aggregate, gather_rows, gcn_propagate, lightgcn_propagate
+from graphrec_jax.graph.build import (
+    INTERACTION_EDGE,
+    ITEM_EDGE,
+    ITEM_NODE,
+    SOCIAL_EDGE,
+    USER_NODE,
+    csr_offsets,
+    edge_kinds,
+)
+from graphrec_jax.graph.layers import (
+    GCNLayer,
+    aggregate,
+    aggregate_rows,
+    aggregate_users,
+    gather_rows,
+    gcn_propagate,
+    lightgcn_propagate,
+)
 from graphrec_jax.text.finetune import params_without_text
 
 # lightgcn and gcn propagate over every edge of the graph (social links joined in when the
@@ -35,6 +53,9 @@ from graphrec_jax.text.finetune import params_without_text
 ARCHITECTURES = ("lightgcn", "gcn", "sociallgn")
 FUSIONS = ("graph_only", "text_only", "concat", "text_node_input")
 TEXT_FUSIONS = FUSIONS[1:]
+# What SocialLGN's interaction aggregate sums: users' items, items' users and semantic neighbours
+# (users have no item-item edges, so their rows are the interactions' alone).
+ITEM_SIDE_KINDS = (INTERACTION_EDGE, ITEM_EDGE)
 
 
 class TextProjection(nn.Module):
@@ -55,6 +76,8 @@ class RecommenderModel(nn.Module):
 
     Attributes:
       num_nodes: users + items.
+      num_users: users come first in the full graph: SocialLGN fuses only their rows there
+        (0: unknown, fuse every row and keep the users').
       embedding_dim: width of id embeddings and of the output representations.
       num_layers: propagation depth.
       architecture: "lightgcn", "gcn" or "sociallgn" (see `ARCHITECTURES`).
@@ -65,17 +88,22 @@ class RecommenderModel(nn.Module):
         representation comes from text alone, as a cold item's does (DropoutNet); text
         fusions only.
       text_hidden_dim: width of the text projection's hidden layer; 0 projects linearly.
+      text_alignment: holds `align_projection`, the projection (as wide as the text one) that
+        maps text features into the representation space for the text-graph alignment loss;
+        it runs only when a call passes `align_text` (training), never in serving.
     """
 
     num_nodes: int
     embedding_dim: int = 64
     num_layers: int = 3
     architecture: str = "lightgcn"
+    num_users: int = 0
     fusion: str = "graph_only"
     init_std: float = 0.1
     backend: str = "auto"
     id_dropout: float = 0.0
     text_hidden_dim: int = 0
+    text_alignment: bool = False
 
     @nn.compact
     def __call__(
@@ -85,6 +113,7 @@ class RecommenderModel(nn.Module):
         *,
         rows: jax.Array | None = None,
         deterministic: bool = True,
+        align_text: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Computes representations.
 
@@ -95,6 +124,9 @@ class RecommenderModel(nn.Module):
           rows: optional `[r]` int32 nodes to return (the loss's users and items); computing
             only those is cheaper than all nodes.
           deterministic: False in training: applies `id_dropout` (needs a "dropout" rng).
+          align_text: optional `[a, text_dim]` text features (a batch's positive items') that
+          `align_projection` maps to `[a, embedding_dim]`, sown as ("intermediates",
+          "aligned_text"): apply with `mutable=["intermediates"]` to read it.
 
         Returns:
           (representations `[r or num_nodes, embedding_dim]`, layer-0 inputs of the same rows,
@@ -113,6 +145,10 @@ class RecommenderModel(nn.Module):
             return x if rows is None else x[rows]
 
         row_text = None if text_features is None else select(text_features)
+        if self.text_alignment and (align_text is not None or (self.is_initializing() and text_features is not None)):
+            source = align_text if align_text is not None else text_features[:1]
+            aligned = TextProjection(self.embedding_dim, self.text_hidden_dim, name="align_projection")(source)
+            self.sow("intermediates", "aligned_text", aligned)
 
         if self.fusion == "text_only":
             projected = TextProjection(self.embedding_dim, self.text_hidden_dim, name="text_projection")(row_text)
@@ -137,17 +173,21 @@ class RecommenderModel(nn.Module):
             inputs = ids + projected
         else:
             inputs = ids
-        propagated = self._propagate(graph, inputs, rows)
         hidden = self._hidden_items(graph, rows, deterministic)
+        linked = 0.0  # what a hidden item receives over its semantic edges alone, as a cold item does
+        if hidden is not None and self.architecture == "lightgcn" and ITEM_EDGE in edge_kinds(graph):
+            propagated, linked = self._lightgcn_with_links(graph, inputs, rows)
+        else:
+            propagated = self._propagate(graph, inputs, rows)
         if self.fusion == "concat":
             if hidden is not None:
-                propagated = jnp.where(hidden[:, None], 0.0, propagated)
+                propagated = jnp.where(hidden[:, None], linked, propagated)
             joined = jnp.concatenate([propagated, row_text], axis=-1)
             return nn.Dense(self.embedding_dim, name="head")(joined), select(inputs)
         if hidden is not None and self.fusion == "text_node_input":
-            # An item without edges or id propagates nothing: its representation is its
-            # projected text averaged with L empty layers (LightGCN) .
-            text_alone = select(projected) / (self.num_layers + 1)
+            # An item without interactions or id propagates nothing: its representation is its
+            # projected text averaged with L layers that hold only what its semantic edges bring.
+            text_alone = select(projected) / (self.num_layers + 1) + linked
             propagated = jnp.where(hidden[:, None], text_alone, propagated)
         return propagated, select(inputs)
 
@@ -171,19 +211,48 @@ class RecommenderModel(nn.Module):
         ]
         return gcn_propagate(layers, graph, inputs, rows=rows)
 
+    def _lightgcn_with_links(self, graph, inputs, rows):
+        """LightGCN as `lightgcn_propagate` computes it, and besides, per row, the mean over layers
+        of what the row's semantic edges alone bring (`sum_l A_item E_{l-1} / (L + 1)`): an item
+        with its interactions and id hidden (id dropout) is then represented as a cold item is at
+        inference, where semantic edges are its only ones. Returns `([r, d], [r, d])`."""
+        num_layers = self.num_layers
+        if num_layers == 0:
+            return inputs if rows is None else inputs[rows], 0.0
+        layers = [inputs]
+        for _ in range(num_layers - 1):
+            layers.append(aggregate(graph, layers[-1], backend=self.backend))
+        partial = sum(layers[1:], layers[0])
+        if rows is None:
+            last = aggregate(graph, layers[-1], backend=self.backend)
+            linked = sum(aggregate(graph, layer, kinds=(ITEM_EDGE,), backend=self.backend) for layer in layers)
+            return (partial + last) / (num_layers + 1), linked / (num_layers + 1)
+        last = aggregate_rows(graph, layers[-1], rows, backend=self.backend)
+        linked = sum(aggregate_rows(graph, layer, rows, kinds=(ITEM_EDGE,), backend=self.backend) for layer in layers)
+        return (partial[rows] + last) / (num_layers + 1), linked / (num_layers + 1)
 
     def _sociallgn(self, graph, inputs, rows):
         """SocialLGN: each layer, users aggregate their items and their friends separately and fuse
         the two (`SocialFusion`, shared by the layers); items aggregate their users; the
         representation is the mean of the layers, as in LightGCN."""
         fusion = SocialFusion(self.embedding_dim, name="social_fusion")
-        is_user = (graph.nodes["kind"] == USER_NODE)[:, None]
         total = current = inputs
-        for _ in range(self.num_layers):
-            interaction = aggregate(graph, current, kinds=(INTERACTION_EDGE,), backend=self.backend)
-            social = aggregate(graph, current, kinds=(SOCIAL_EDGE,), backend=self.backend)
-            current = jnp.where(is_user, fusion(social, interaction), interaction)
-            total = total + current
+        users = self.num_users if inputs.shape[0] == self.num_nodes and self.num_users else None
+        if users is None:  # a sampled subgraph mixes users and items: fuse every row, keep the users'
+            is_user = (graph.nodes["kind"] == USER_NODE)[:, None]
+            for _ in range(self.num_layers):
+                interaction = aggregate(graph, current, kinds=ITEM_SIDE_KINDS, backend=self.backend)
+                social = aggregate(graph, current, kinds=(SOCIAL_EDGE,), backend=self.backend)
+                current = jnp.where(is_user, fusion(social, interaction), interaction)
+                total = total + current
+        else:
+            # The full graph's users are its first rows and the only ends of social links: the
+            # social product and the fusion run on those rows alone.
+            for _ in range(self.num_layers):
+                interaction = aggregate(graph, current, kinds=ITEM_SIDE_KINDS, backend=self.backend)
+                social = aggregate_users(graph, current[:users], backend=self.backend)
+                current = jnp.concatenate([fusion(social, interaction[:users]), interaction[users:]])
+                total = total + current
         total = total / (self.num_layers + 1)
         return total if rows is None else total[rows]
 

@@ -39,19 +39,20 @@ class LossMonitor(Hook):
 
     def after_step(self, loop: Loop, metrics) -> None:
         self.pending.append((loop.step, metrics["loss"]))
-        if len(self.pending) >= self.every_steps:
+        if len(self.pending) * loop.steps_in_call >= self.every_steps:
             self.flush()
 
     def flush(self) -> None:
-        for step, loss in self.pending:
-            value = float(np.asarray(loss)[0])
-            if not np.isfinite(value):
-                raise NonFiniteLossError(
-                    f"loss became {value} at step {step}; the last good checkpoint is kept. Lower "
-                    "train.learning_rate (or check the data for extreme values) and train in a new --workdir; "
-                    "train.init_from=THIS_WORKDIR starts it from this run's best parameters"
-                )
-            self.epoch_losses.append(value)
+        for last, loss in self.pending:
+            values = np.ravel(np.asarray(loss)[0])  # one loss a step (several for a block of steps)
+            for step, value in enumerate(values.tolist(), start=last - len(values) + 1):
+                if not np.isfinite(value):
+                    raise NonFiniteLossError(
+                        f"loss became {value} at step {step}; the last good checkpoint is kept. Lower "
+                        "train.learning_rate (or check the data for extreme values) and train in a new --workdir; "
+                        "train.init_from=THIS_WORKDIR starts it from this run's best parameters"
+                    )
+                self.epoch_losses.append(value)
         self.pending = []
 
     def on_epoch_end(self, loop: Loop) -> None:
@@ -86,7 +87,7 @@ class ProgressBar(Hook):
     def after_step(self, loop: Loop, metrics) -> None:
         if not self.losses.pending and self.losses.epoch_losses:  # just checked: show it
             self.bar.set_postfix(loss=f"{self.losses.epoch_losses[-1]:.4f}", refresh=False)
-        self.bar.update(1)
+        self.bar.update(loop.steps_in_call)
 
     def on_epoch_end(self, loop: Loop) -> None:
         if "metrics" in loop.record:
@@ -182,7 +183,8 @@ class Checkpointing(Hook):
             self.saved_step = loop.step
 
     def after_step(self, loop: Loop, metrics) -> None:
-        if self.every_steps and loop.step % self.every_steps == 0:
+        # a multiple of every_steps reached in this call (a block of steps saves at its end)
+        if self.every_steps and loop.step // self.every_steps > (loop.step - loop.steps_in_call) // self.every_steps:
             epoch_ends = loop.step == (loop.epoch + 1) * loop.batches_per_epoch
             if not (epoch_ends and self.evaluation.due(loop)):
                 self.save_once(loop)
@@ -200,7 +202,7 @@ class StepLimit(Hook):
         self.num_steps, self.losses = num_steps, []
 
     def after_step(self, loop: Loop, metrics) -> None:
-        self.losses.append(float(np.asarray(metrics["loss"])[0]))
+        self.losses.extend(np.ravel(np.asarray(metrics["loss"])[0]).tolist())
         if loop.step - loop.start_step >= self.num_steps:
             loop.stop = True
 
@@ -237,7 +239,8 @@ class Preemption(Hook):
         if self.distributed:
             from jax.experimental import multihost_utils
 
-            self.noticed = multihost_utils.reached_preemption_sync_point(loop.step)
+            for step in range(loop.step - loop.steps_in_call + 1, loop.step + 1):  # every step id, in order
+                self.noticed = multihost_utils.reached_preemption_sync_point(step) or self.noticed
         if not self.noticed:
             return
         loop.stop = True

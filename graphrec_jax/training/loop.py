@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from graphrec_jax import devices
 from graphrec_jax.training.run import TrainingRun
 
@@ -62,6 +64,8 @@ class Loop:
         "epoch_seconds", metrics); a fresh dict every epoch.
       last_record: the record of the last epoch that was evaluated.
       stop, end_epoch, evaluate_now: requests from hooks (see the module docstring).
+      steps_in_call: the steps the last compiled call took (`train.steps_per_call`; its metrics
+        then hold one entry per step on their last axis).
     """
 
     run: TrainingRun
@@ -75,6 +79,7 @@ class Loop:
     stop: bool = False
     end_epoch: bool = False
     evaluate_now: bool = False
+    steps_in_call: int = 1
 
     @property
     def batches_per_epoch(self) -> int:
@@ -108,10 +113,9 @@ def train_loop(run: TrainingRun, *, num_epochs: int, hooks: Sequence[Hook] = ())
             loop.epoch_started = time.perf_counter()
             for hook in hooks:
                 hook.on_epoch_start(loop)
-            for batch in run.source.epoch(epoch, loop.first_batch):
-                batch = devices.shard(batch).replace(**run.constants)
-                run.state, metrics = run.train_step(run.state, batch, run.rng)
-                loop.step += 1
+            for steps, metrics in _calls(run, epoch, loop.first_batch):
+                loop.step += steps
+                loop.steps_in_call = steps
                 for hook in hooks:
                     hook.after_step(loop, metrics)
                 if loop.stop or loop.end_epoch:
@@ -127,6 +131,25 @@ def train_loop(run: TrainingRun, *, num_epochs: int, hooks: Sequence[Hook] = ())
         for hook in hooks:
             hook.on_end(loop)
     return loop
+
+
+def _calls(run: TrainingRun, epoch: int, first_batch: int):
+    """Runs the epoch's steps from `first_batch` on, one compiled call at a time; yields (steps
+    taken, their metrics). With `steps_per_call > 1` a call is a block of steps on batches drawn
+    on device, and each metric has a trailing axis of one entry per step."""
+    if run.block_step is None:
+        for batch in run.source.epoch(epoch, first_batch):
+            batch = devices.shard(batch).replace(**run.constants)
+            run.state, metrics = run.train_step(run.state, batch, run.rng)
+            yield 1, metrics
+        return
+    from graphrec_jax.training.device_sampling import blocks
+
+    for start, length in blocks(first_batch, run.batches_per_epoch, run.steps_per_call):
+        run.state, metrics = run.block_step(
+            run.state, run.constants, run.table, run.rng, np.int32(epoch), np.int32(start), length
+        )
+        yield length, metrics
 
 
 def _epoch_done(loop: Loop) -> bool:

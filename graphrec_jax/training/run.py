@@ -24,7 +24,7 @@ from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
 from graphrec_jax.config import ConfigError, validate_config
 from graphrec_jax.data.errors import DataError
 from graphrec_jax.data.prepare import prepare_dataset
-from graphrec_jax.data.types import Dataset
+from graphrec_jax.data.types import Dataset, Interactions
 from graphrec_jax.graph.subgraphs import NeighborSampler
 from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.models.setup import ModelSetup, build_setup, init_params
@@ -53,6 +53,9 @@ class TrainingRun:
       finetuning: the text tower's fine-tuning glue, or None.
       operators: for a model trained on subgraphs, the operators its hops estimate (evaluation
         propagates over them); None otherwise.
+      block_step, table, steps_per_call: with `train.steps_per_call > 1`, the pmapped call that
+        runs that many steps on batches drawn on device (`device_sampling`), and the replicated
+        table of training items it draws from; `train_step` and `source` then only set the pace.
     """
 
     config: ml_collections.ConfigDict
@@ -65,6 +68,9 @@ class TrainingRun:
     rng: Any
     finetuning: TextFinetuning | None = None
     operators: list | None = None
+    block_step: Any = None
+    table: Any = None
+    steps_per_call: int = 1
 
     @property
     def step(self) -> int:
@@ -126,12 +132,17 @@ class TrainingRun:
         return arrays
 
 
-def build_run(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> TrainingRun:
+def build_run(
+    config: ml_collections.ConfigDict, dataset: Dataset | None = None, *, sample_from: Interactions | None = None
+) -> TrainingRun:
     """Builds a run from `config` with freshly initialised parameters.
 
     Args:
       config: the run config; validated here.
       dataset: the data, when the caller already has it; None prepares `config.data`.
+      sample_from: training pairs (a subset of `dataset.train`) to draw the triples from, for an
+        incremental update (`training.update`); None: every training pair. The graph is the
+        whole training set either way.
 
     Raises ConfigError or DataError before anything is built when the config or the data is
     invalid. Not jittable (host set-up; it compiles nothing until the first step).
@@ -185,21 +196,25 @@ def build_run(config: ml_collections.ConfigDict, dataset: Dataset | None = None)
             seed=sampling.seed,
         )
         operators = neighbors.hop_operators()
-    source = make_batch_source(config, setup, finetuning, neighbors)
-    train_step = jax.pmap(
-        make_train_step(
-            setup.model,
-            optimizer,
-            loss=config.train.loss,
-            l2_weight=config.train.l2_weight,
-            softmax_temperature=config.train.softmax_temperature,
-            num_users=dataset.num_users,
-            text_tower=None if finetuning is None else finetuning.tower,
-        ),
-        axis_name=devices.AXIS,
-        donate_argnums=(0,),
+    if sample_from is not None and config.train.steps_per_call > 1:
+        raise ConfigError("sample_from draws batches on the host: build the run with train.steps_per_call=1")
+    source = make_batch_source(config, setup, finetuning, neighbors, sample_from=sample_from)
+    train_step_fn = make_train_step(
+        setup.model,
+        optimizer,
+        loss=config.train.loss,
+        l2_weight=config.train.l2_weight,
+        softmax_temperature=config.train.softmax_temperature,
+        num_users=dataset.num_users,
+        text_tower=None if finetuning is None else finetuning.tower,
+        align_weight=config.train.align_weight,
+        align_temperature=config.train.align_temperature,
     )
+    train_step = jax.pmap(train_step_fn, axis_name=devices.AXIS, donate_argnums=(0,))
     constants = source.constants(setup.graph, setup.text_features)
+    block_step = table = None
+    if config.train.steps_per_call > 1:
+        block_step, table = _device_sampling(config, setup, finetuning, train_step_fn)
     return TrainingRun(
         config=config,
         setup=setup,
@@ -211,18 +226,55 @@ def build_run(config: ml_collections.ConfigDict, dataset: Dataset | None = None)
         rng=devices.replicate(np.asarray(jax.random.PRNGKey(config.seed))),
         finetuning=finetuning,
         operators=operators,
+        block_step=block_step,
+        table=None if table is None else devices.replicate(table),
+        steps_per_call=config.train.steps_per_call,
     )
 
 
-def make_batch_source(config: ml_collections.ConfigDict, setup: ModelSetup, finetuning=None, neighbors=None):
+def _device_sampling(config, setup: ModelSetup, finetuning, train_step_fn):
+    """The block step and the table of training items for `train.steps_per_call > 1`."""
+    from graphrec_jax.training import device_sampling
+
+    if config.sampling.mode != "full" or finetuning is not None:
+        raise ConfigError(
+            f"train.steps_per_call={config.train.steps_per_call} draws batches on device for full-graph "
+            "training; it cannot feed sampled subgraphs (sampling.mode='sampled') or a fine-tuned text tower "
+            "(model.text.regime='finetune'): set train.steps_per_call=1"
+        )
+    dataset = setup.dataset
+    pool = np.arange(dataset.num_items) if config.train.negative_items == "all" else np.unique(dataset.train.items)
+    table = device_sampling.PositiveTable.build(dataset.num_users, dataset.train.users, dataset.train.items, pool)
+    block = device_sampling.make_block_step(
+        train_step_fn,
+        batch_size=config.train.batch_size,
+        num_negatives=config.train.num_negatives,
+        num_interactions=len(dataset.train),
+        num_devices=devices.num_local_devices(),
+        process_index=jax.process_index(),
+        sampling_seed=config.seed,
+    )
+    return device_sampling.pmap_block(block), table
+
+
+def make_batch_source(
+    config: ml_collections.ConfigDict,
+    setup: ModelSetup,
+    finetuning=None,
+    neighbors=None,
+    *,
+    sample_from: Interactions | None = None,
+):
     """The batch source `config.sampling.mode` asks for, fed by LightGCN's triple sampler.
 
     "full" propagates over the whole graph every step; "sampled" over each batch's padded
     neighbourhood subgraph drawn by `neighbors`. Negatives come from every item
     (`train.negative_items="all"`, LightGCN's protocol) or from the items with training
     interactions ("trained", the default: a cold item drawn only ever as a negative would teach
-    the model to bury every new item). With `sampling.prefetch_batches > 0` a host thread
-    prepares and places that many batches ahead of the step.
+    the model to bury every new item). With `sampling.prefetch_batches > 0`, sampled subgraphs
+    and fine-tuning batches are prepared and placed that many ahead of the step by a host thread.
+    `sample_from` (a subset of the training pairs) limits the positives drawn to it; negatives
+    still avoid every training pair.
     """
     dataset = setup.dataset
     negative_items = None if config.train.negative_items == "all" else np.unique(dataset.train.items)
@@ -235,14 +287,18 @@ def make_batch_source(config: ml_collections.ConfigDict, setup: ModelSetup, fine
             f"({pool}), so no negative can be drawn for them; remove that user's rows from the data, or with "
             "train.negative_items='trained' give the data items that some user has not interacted with"
         )
+    positives = dataset.train if sample_from is None else sample_from
     sampler = TripleSampler(
         dataset.num_users,
         dataset.num_items,
-        dataset.train.users,
-        dataset.train.items,
+        positives.users,
+        positives.items,
         seed=config.seed,
         negative_items=negative_items,
     )
+    if sample_from is not None:  # a negative must not be any training pair, sampled or not
+        train = dataset.train
+        sampler.keys = np.unique(train.users.astype(np.int64) * dataset.num_items + train.items)
     placement = dict(process_index=jax.process_index(), process_count=jax.process_count())
     if config.sampling.mode == "sampled":
         from graphrec_jax.training.sampled import SampledSubgraphBatches
@@ -264,7 +320,9 @@ def make_batch_source(config: ml_collections.ConfigDict, setup: ModelSetup, fine
         )
     if finetuning is not None:
         source = finetuning.wrap(source)
-    if config.sampling.prefetch_batches > 0:
+    # A host thread pays for batches whose preparation costs (subgraphs, text items); a
+    # full-graph batch is a slice of the epoch's triples, cheaper than the hand-over.
+    if config.sampling.prefetch_batches > 0 and (config.sampling.mode == "sampled" or finetuning is not None):
         from graphrec_jax.training.producer import PrefetchedBatches
 
         source = PrefetchedBatches(source, config.sampling.prefetch_batches)

@@ -52,6 +52,8 @@ def make_train_step(
     softmax_temperature: float = 0.1,
     axis_name: str | None = AXIS,
     text_tower=None,
+    align_weight: float = 0.0,
+    align_temperature: float = 0.2,
 ) -> Callable:
     """Builds the pure train step for `model`.
 
@@ -65,9 +67,17 @@ def make_train_step(
       axis_name: the pmap axis to average over, or None for an unmapped step.
       text_tower: a `text.finetune.TextTower` to fine-tune inside the step on the batch's
         items; its parameters are `params["text_encoder"]`.
+      align_weight: weight of the text-graph alignment loss (0: off): in-batch InfoNCE between
+        each positive item's representation (the propagated one the ranking loss scores, so the
+        alignment shapes what is ranked) and its text feature mapped by the model's
+        `align_projection` (`model.text_alignment` must be set), as RLMRec aligns them.
+      align_temperature: the alignment's temperature (cosine similarities are divided by it).
     """
     if loss not in losses.LOSSES:
         raise ValueError(f"loss={loss!r} is not one of {losses.LOSSES}")
+    aligned = align_weight > 0
+    if aligned and not model.text_alignment:
+        raise ValueError("align_weight > 0 needs a model built with text_alignment=True (its align_projection)")
 
     def across_devices(reduce, value):
         return value if axis_name is None else reduce(value, axis_name)
@@ -92,14 +102,19 @@ def make_train_step(
                 text_features = _fresh_text_features(
                     text_tower, params[finetune.TEXT_PARAMS], batch, num_users, step_rng
                 )
-            representation, inputs = model.apply(
+            # The positives' full-graph item indices (a sampled batch's `positives` are subgraph positions).
+            positive_items = batch.positives if batch.positive_items is None else batch.positive_items
+            outputs = model.apply(
                 {"params": model_params},
                 batch.graph,
                 text_features,
                 rows=rows,
                 deterministic=False,
                 rngs={"dropout": step_rng},
+                align_text=text_features[num_users + positive_items] if aligned else None,
+                mutable=["intermediates"] if aligned else False,
             )
+            (representation, inputs), intermediates = outputs if aligned else (outputs, None)
             user = representation[:batch_size]
             positive = representation[batch_size : 2 * batch_size]
             negative = representation[2 * batch_size :].reshape(batch_size, num_negatives, -1)
@@ -115,10 +130,16 @@ def make_train_step(
                 inputs[2 * batch_size :].reshape(batch_size, num_negatives, -1),
                 mask=mask,
             )
-            total = (ranking + l2_weight * penalty) / mean_count
-            return total, (ranking, penalty)
+            alignment = 0.0
+            if aligned:
+                projected_text = intermediates["intermediates"]["aligned_text"][0]
+                alignment = _alignment_loss_sum(
+                    positive, projected_text, positive_items, mask, align_temperature, axis_name
+                )
+            total = (ranking + l2_weight * penalty + align_weight * alignment) / mean_count
+            return total, (ranking, penalty, alignment)
 
-        (_, (ranking, penalty)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (ranking, penalty, alignment)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = across_devices(jax.lax.pmean, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -126,6 +147,10 @@ def make_train_step(
         ranking = across_devices(jax.lax.psum, ranking) / total_count
         penalty = across_devices(jax.lax.psum, penalty) / total_count
         metrics = {"loss": ranking + l2_weight * penalty, "ranking_loss": ranking, "l2_penalty": penalty}
+        if aligned:
+            alignment = across_devices(jax.lax.psum, alignment) / total_count
+            metrics["loss"] = metrics["loss"] + align_weight * alignment
+            metrics["align_loss"] = alignment
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -146,6 +171,27 @@ def _fresh_text_features(text_tower, trainable, batch: Batch, num_users, rng):
         rng=jax.random.fold_in(rng, 1),
     )
     return batch.text_features.at[num_users + items].set(finetune.unit_rows(fresh))
+
+
+def _alignment_loss_sum(representation, projected_text, items, mask, temperature, axis_name):
+    """In-batch InfoNCE of positive items' representations against their projected texts; the
+    texts of every device are the candidates, so the loss does not depend on the device count."""
+    if axis_name is None:
+        candidates, candidate_items, candidate_mask, offset = projected_text, items, mask, 0
+    else:
+        candidates = jax.lax.all_gather(projected_text, axis_name, tiled=True)
+        candidate_items = jax.lax.all_gather(items, axis_name, tiled=True)
+        candidate_mask = jax.lax.all_gather(mask, axis_name, tiled=True)
+        offset = jax.lax.axis_index(axis_name) * representation.shape[0]
+    return losses.alignment_loss_sum(
+        representation=representation,
+        text=candidates,
+        text_items=candidate_items,
+        text_mask=candidate_mask,
+        target=offset + jnp.arange(representation.shape[0]),
+        mask=mask,
+        temperature=temperature,
+    )
 
 
 def _softmax_loss_sum(user, positive, batch: Batch, temperature, axis_name):

@@ -22,6 +22,7 @@ from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
 from graphrec_jax.config import ConfigError, config_from_json, config_to_json, validate_config
 from graphrec_jax.data.types import Dataset
 from graphrec_jax.files import write_atomic
+from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.training import hooks as hook_types
 from graphrec_jax.training.loop import Loop, train_loop
 from graphrec_jax.training.run import TrainingRun, build_run, initial_params_from
@@ -146,6 +147,12 @@ def _metadata(config, dataset: Dataset, best_metric: str) -> dict[str, Any]:
     return {
         "best_metric": best_metric,
         "item_titles": titles,
+        # per item its category or tag labels, so that a restored Recommender can diversify by them
+        "item_categories": (
+            None if dataset.item_categories is None else [list(labels) for labels in dataset.item_categories]
+        ),
+        # a text model's item text, so that explanations can re-encode an item without a field
+        "item_text": dataset.item_text if config.model.fusion in TEXT_FUSIONS else None,
         "config": json.loads(config_to_json(config)),
         "id_maps": {"user": dataset.user_map.to_json(), "item": dataset.item_map.to_json()},
         "dataset": {
@@ -185,7 +192,17 @@ RESUMABLE_KEYS = (
 
 def check_resumable(saved: dict, current: dict, workdir: Path) -> None:
     """Raises ConfigError naming every key whose value differs from the run saved in `workdir`,
-    except those in `RESUMABLE_KEYS` (and `data.path` when the data it reads is the same size)."""
+    except those in `RESUMABLE_KEYS` (and `data.path` when the data it reads is the same size), and
+    when the saved state was grown after training (`training.update`, `Recommender.save`)."""
+    if saved.get("dynamic"):
+        grown, data = saved.get("dataset", {}), current["dataset"]
+        raise ConfigError(
+            f"{workdir}'s latest checkpoint holds a dataset grown after training ({grown.get('num_users')} users, "
+            f"{grown.get('num_items')} items, {grown.get('num_train')} interactions; the config's data has "
+            f"{data['num_users']}, {data['num_items']}, {data['num_train']}): "
+            f"scripts/train.py cannot resume it. Continue it with `python scripts/update.py --workdir {workdir} "
+            "--interactions NEW.csv`, or train afresh in a new --workdir"
+        )
     before = _flat(json.loads(config_to_json(config_from_json(json.dumps(saved.get("config", {}))))))
     now = _flat(current["config"])
     sizes = ("num_users", "num_items", "num_train")

@@ -30,7 +30,7 @@ def tiny_dataset() -> Dataset:
     )
 
 
-def run(loss: str, num_steps: int = 6):
+def run(loss: str, num_steps: int = 6, steps_per_call: int = 1):
     config = default_config()
     config.model.embedding_dim = 8
     config.model.num_layers = 2
@@ -39,6 +39,7 @@ def run(loss: str, num_steps: int = 6):
     config.train.batch_size = 64  # over ~200 triples: the last batch is partial, so padding is exercised
     config.train.negative_items = "all"
     config.train.progress_bar = False
+    config.train.steps_per_call = steps_per_call
     training = build_run(config, tiny_dataset())
     limit = StepLimit(num_steps)
     train_loop(training, num_epochs=2, hooks=[limit])
@@ -46,9 +47,15 @@ def run(loss: str, num_steps: int = 6):
 
 
 def main():
-    out, losses = sys.argv[1], sys.argv[2:] or ["bpr"]
+    arguments = sys.argv[1:]
+    steps_per_call = 1
+    if "--steps-per-call" in arguments:
+        at = arguments.index("--steps-per-call")
+        steps_per_call = int(arguments[at + 1])
+        del arguments[at : at + 2]
+    out, losses = arguments[0], arguments[1:] or ["bpr"]
     for loss in losses:
-        params, values = run(loss)
+        params, values = run(loss, steps_per_call=steps_per_call)
         flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
         np.savez(f"{out}_{loss}.npz", losses=np.asarray(values), devices=jax.local_device_count(), **flat)
 
