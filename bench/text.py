@@ -20,7 +20,9 @@ Variants (`--variants`, comma-separated):
                        a fusion (text_only, concat, text_node_input), with item-item semantic edges
                        (--semantic-k, --semantic-weight), with the text-graph alignment loss
                        (--align-weight, --align-temperature), with the MLM-adapted encoder
-                       (--mlm-encoder, made by scripts/pretrain_text.py).
+                       (--mlm-encoder, made by scripts/pretrain_text.py). --fusion-learning-rate
+                       and --fusion-l2-weight replace the recipe's values for every fusion
+                       variant (choose them on the validation split, as the graph-only grid is).
 The best fusion on cold items is then fine-tuned (`<fusion>_finetuned`, --finetune-epochs > 0):
 the BERT's upper layers train inside the step, starting from the frozen run's parameters.
 
@@ -108,6 +110,10 @@ def variant_config(name: str, args, seed: int, tuned: dict | None):
     if fusion not in FUSIONS or fusion + "".join(s for s in SUFFIXES if s in name) != name:
         raise SystemExit(f"error: unknown variant {name!r}; see --help for the names")
     config.model.fusion = fusion
+    if args.fusion_learning_rate:
+        config.train.learning_rate = args.fusion_learning_rate
+    if args.fusion_l2_weight:
+        config.train.l2_weight = args.fusion_l2_weight
     if "_semantic" in name:
         config.model.text.semantic_k = args.semantic_k
         config.model.text.semantic_weight = args.semantic_weight
@@ -274,6 +280,12 @@ def main() -> None:
     parser.add_argument("--semantic-weight", type=float, default=0.5, help="_semantic variants: the block's weight")
     parser.add_argument("--align-weight", type=float, default=0.1, help="_align variants: the loss's weight")
     parser.add_argument("--align-temperature", type=float, default=0.2)
+    parser.add_argument(
+        "--fusion-learning-rate", type=float, default=0.0, help="fusion variants: Adam's rate (0: the recipe's)"
+    )
+    parser.add_argument(
+        "--fusion-l2-weight", type=float, default=0.0, help="fusion variants: L2 weight (0: the recipe's)"
+    )
     parser.add_argument("--mlm-encoder", default="", help="_mlm variants: the MLM-adapted BERT checkpoint")
     parser.add_argument("--tune-grid", default=DEFAULT_TUNE_GRID, help="graph_only_tuned: 'RATES;L2S;LOSSES'")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="0 skips the fine-tuned variant")
