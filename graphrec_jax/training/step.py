@@ -9,6 +9,7 @@ every field's shape and dtype).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -173,38 +174,38 @@ def _fresh_text_features(text_tower, trainable, batch: Batch, num_users, rng):
     return batch.text_features.at[num_users + items].set(finetune.unit_rows(fresh))
 
 
+def _in_batch_candidates(values, items, mask, rows: int, axis_name):
+    """(candidates, their items, their mask, each row's own candidate index) for an in-batch
+    softmax: every device's rows are gathered, so the negatives do not depend on the device count."""
+    if axis_name is None:
+        return values, items, mask, jnp.arange(rows)
+    offset = jax.lax.axis_index(axis_name) * rows
+    gather = functools.partial(jax.lax.all_gather, axis_name=axis_name, tiled=True)
+    return gather(values), gather(items), gather(mask), offset + jnp.arange(rows)
+
+
 def _alignment_loss_sum(representation, projected_text, items, mask, temperature, axis_name):
     """In-batch InfoNCE of positive items' representations against their projected texts; the
     texts of every device are the candidates, so the loss does not depend on the device count."""
-    if axis_name is None:
-        candidates, candidate_items, candidate_mask, offset = projected_text, items, mask, 0
-    else:
-        candidates = jax.lax.all_gather(projected_text, axis_name, tiled=True)
-        candidate_items = jax.lax.all_gather(items, axis_name, tiled=True)
-        candidate_mask = jax.lax.all_gather(mask, axis_name, tiled=True)
-        offset = jax.lax.axis_index(axis_name) * representation.shape[0]
+    candidates, candidate_items, candidate_mask, target = _in_batch_candidates(
+        projected_text, items, mask, representation.shape[0], axis_name
+    )
     return losses.alignment_loss_sum(
         representation=representation,
         text=candidates,
         text_items=candidate_items,
         text_mask=candidate_mask,
-        target=offset + jnp.arange(representation.shape[0]),
+        target=target,
         mask=mask,
         temperature=temperature,
     )
 
 
 def _softmax_loss_sum(user, positive, batch: Batch, temperature, axis_name):
-    items, mask = batch.positives, batch.mask
-    if axis_name is None:
-        candidates, candidate_items, candidate_mask, offset = positive, items, mask, 0
-    else:
-        # Gather every device's positives so the negatives do not depend on the device count.
-        candidates = jax.lax.all_gather(positive, axis_name, tiled=True)
-        candidate_items = jax.lax.all_gather(items, axis_name, tiled=True)
-        candidate_mask = jax.lax.all_gather(mask, axis_name, tiled=True)
-        offset = jax.lax.axis_index(axis_name) * user.shape[0]
-    target = offset + jnp.arange(user.shape[0])
+    mask = batch.mask
+    candidates, candidate_items, candidate_mask, target = _in_batch_candidates(
+        positive, batch.positives, mask, user.shape[0], axis_name
+    )
     return losses.sampled_softmax_loss_sum(
         user=user,
         candidates=candidates,
