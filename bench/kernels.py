@@ -11,11 +11,20 @@ Rows: csr_matmul on the symmetric normalised adjacency (forward, and forward + g
 csr_matmul_rows for a training batch (forward + gradient), and the full-ranking top-k of every
 user over all items with the training items excluded, called chunk by chunk from one jitted
 function. Times include dispatch; each jitted function is warmed up first.
+
+Then the memory side of the forward product: its effective bandwidth (bytes it must move:
+the gathered rows, indices, weights and the output, over its time) against the machine's copy
+bandwidth (a 512 MB copy, numpy on one thread and XLA on all), and the same product with the
+nodes reordered (by degree, and by reverse Cuthill-McKee when scipy is present) and with the
+feature dimension processed in blocks (one call per block of columns). Last line:
+`SUMMARY {"ops": [{"op", "backend", "ms"}], "copy_gbps", "csr_matmul_gbps", "layouts": {NAME: ms},
+"feature_blocks": {WIDTH: ms}}`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -123,6 +132,86 @@ def bench_propagation(offsets, neighbors, weights, backends, repeats, rng) -> li
     return results
 
 
+def copy_bandwidth_gbps(repeats: int, megabytes: int = 512) -> dict[str, float]:
+    """GB/s of copying a `megabytes` array (read + write counted), numpy (one thread) and XLA."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # first touch
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        seconds.append(time.perf_counter() - start)
+    moved = 2 * source.nbytes / 1e9
+    x = jnp.asarray(source)
+    copy = jax.jit(lambda x: x * 2.0)
+    xla_ms = median_ms(lambda: copy(x), repeats)[0]
+    return {"numpy_1_thread": moved / statistics.median(seconds), "xla": moved / (xla_ms / 1000)}
+
+
+def forward_bytes(offsets: np.ndarray, d: int) -> int:
+    """Bytes a CSR x dense forward product must move at the least: every gathered row, the
+    indices and weights, the offsets, and the output."""
+    nnz, rows = int(offsets[-1]), len(offsets) - 1
+    return nnz * (4 * d + 8) + rows * (4 * d + 4)
+
+
+def permuted(offsets, neighbors, weights, order: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The CSR of P A P^T for the node order `order` (new node i is old node order[i])."""
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    lengths = np.diff(offsets)[order]
+    starts = offsets[:-1][order]
+    entries = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    new_neighbors = position[neighbors[entries]]
+    new_weights = weights[entries]
+    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    row = np.repeat(np.arange(len(order)), lengths)
+    sort = np.lexsort((new_neighbors, row))  # columns ascending within each row
+    return new_offsets, new_neighbors[sort].astype(np.int32), new_weights[sort]
+
+
+def node_orders(offsets, neighbors) -> dict[str, np.ndarray]:
+    """Node orders to compare: as built, by degree (descending), reverse Cuthill-McKee."""
+    num_nodes = len(offsets) - 1
+    orders = {
+        "as built": np.arange(num_nodes),
+        "by degree": np.argsort(-np.diff(offsets), kind="stable"),
+    }
+    try:
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.csgraph import reverse_cuthill_mckee
+    except ImportError:
+        return orders
+    matrix = csr_matrix((np.ones(len(neighbors), np.int8), neighbors, offsets), shape=(num_nodes, num_nodes))
+    orders["reverse Cuthill-McKee"] = np.asarray(reverse_cuthill_mckee(matrix, symmetric_mode=True))
+    return orders
+
+
+def bench_memory(offsets, neighbors, weights, repeats, rng) -> dict:
+    """Effective bandwidth of the native forward product, node orders and feature blocks."""
+    num_nodes = offsets.shape[0] - 1
+    x_host = rng.standard_normal((num_nodes, 64)).astype(np.float32)
+    layouts = {}
+    for name, order in node_orders(offsets, neighbors).items():
+        graph = tuple(jnp.asarray(a) for a in permuted(offsets, neighbors, weights, order))
+        forward = jax.jit(lambda x, graph=graph: csr_matmul(*graph, x, backend="native"))
+        x = jnp.asarray(x_host[order])
+        layouts[name] = median_ms(lambda f=forward, x=x: f(x), repeats)[0]
+    graph = tuple(jnp.asarray(a) for a in (offsets, neighbors, weights))
+    blocks = {}
+    for width in (64, 32, 16):
+
+        def blocked(x, width=width):
+            parts = [csr_matmul(*graph, x[:, start : start + width], backend="native") for start in range(0, 64, width)]
+            return jnp.concatenate(parts, axis=1)
+
+        blocked_fn = jax.jit(blocked)
+        x = jnp.asarray(x_host)
+        blocks[width] = median_ms(lambda f=blocked_fn, x=x: f(x), repeats)[0]
+    return {"layouts": layouts, "feature_blocks": blocks, "bytes": forward_bytes(offsets, 64)}
+
+
 def exclusion_chunks(users, items, chunk_size):
     """Per chunk of users: CSR exclusion lists padded to one static length."""
     order = np.argsort(users, kind="stable")
@@ -174,6 +263,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--backends", default="native,xla", help="comma-separated: native,xla")
     parser.add_argument("--skip-ranking", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the bandwidth, layout and block rows")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -195,6 +285,28 @@ def main() -> None:
     print(f"\n{'op':<{width}}  {'backend':<8}  {'median ms':>10}  {'cpu ms':>10}")
     for op, backend, (wall, cpu) in results:
         print(f"{op:<{width}}  {backend:<8}  {wall:>10.1f}  {cpu:>10.1f}")
+    summary = {"ops": [{"op": op, "backend": backend, "ms": wall} for op, backend, (wall, _) in results]}
+    if not args.skip_memory and "native" in backends:
+        copy = copy_bandwidth_gbps(args.repeats)
+        memory = bench_memory(offsets, neighbors, weights, args.repeats, rng)
+        achieved = memory["bytes"] / 1e9 / (memory["layouts"]["as built"] / 1000)
+        best_copy = max(copy.values())
+        print(
+            f"\ncopy bandwidth: {copy['numpy_1_thread']:.1f} GB/s (numpy, 1 thread), {copy['xla']:.1f} GB/s (XLA)"
+            f"\ncsr_matmul forward, native: {memory['bytes'] / 1e6:.0f} MB moved at least, "
+            f"{achieved:.1f} GB/s = {achieved / best_copy:.2f} x the copy bandwidth"
+        )
+        for name, ms in memory["layouts"].items():
+            print(f"  node order {name:<22} {ms:8.1f} ms")
+        for block, ms in memory["feature_blocks"].items():
+            print(f"  feature blocks of {block:<3} columns     {ms:8.1f} ms")
+        summary.update(
+            copy_gbps=copy,
+            csr_matmul_gbps=achieved,
+            layouts=memory["layouts"],
+            feature_blocks={str(key): value for key, value in memory["feature_blocks"].items()},
+        )
+    print("SUMMARY " + json.dumps(summary))
 
 
 if __name__ == "__main__":

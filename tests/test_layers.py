@@ -36,10 +36,13 @@ def test_lightgcn_is_mean_of_layer_powers(graph_and_embeddings, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embeddings, backend):
+@pytest.mark.parametrize("many_rows", [False, True])  # True: more rows than nodes (the gathered full product)
+def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embeddings, backend, many_rows):
     graph, x = graph_and_embeddings
     rows = jnp.array([0, 3, 3, 15, 20], jnp.int32)
-    weights = jnp.asarray(np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32))
+    if many_rows:
+        rows = jnp.asarray(np.random.default_rng(2).integers(0, len(x), 3 * len(x)).astype(np.int32))
+    weights = jnp.asarray(np.random.default_rng(1).normal(size=(len(rows), 8)).astype(np.float32))
 
     def full(e):
         return jnp.sum(lightgcn_propagate(graph, e, 3, backend=backend)[rows] * weights)

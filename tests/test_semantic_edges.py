@@ -147,7 +147,8 @@ def test_full_fanout_subgraph_is_exact_with_semantic_edges(interactions, item_fe
 
 
 @pytest.mark.parametrize("fusion", ["concat", "text_node_input"])
-def test_an_item_hidden_by_id_dropout_is_represented_as_a_cold_item(interactions, item_features, fusion):
+@pytest.mark.parametrize("repeats", [1, NUM_USERS + NUM_ITEMS])  # more rows than nodes: the gathered path
+def test_an_item_hidden_by_id_dropout_is_represented_as_a_cold_item(interactions, item_features, fusion, repeats):
     # A cold item's representation at inference is its text plus what its semantic edges bring;
     # in training, an item whose id is dropped gets the same from its semantic edges alone.
     graph = graph_with_links(interactions, item_features)
@@ -156,7 +157,7 @@ def test_an_item_hidden_by_id_dropout_is_represented_as_a_cold_item(interactions
         num_nodes=NUM_USERS + NUM_ITEMS, embedding_dim=8, num_layers=2, fusion=fusion, id_dropout=0.9999
     )
     params = model.init(jax.random.PRNGKey(0), graph, text)["params"]
-    cold = jnp.asarray([NUM_USERS + 17, NUM_USERS + 19], jnp.int32)
+    cold = jnp.asarray([NUM_USERS + 17, NUM_USERS + 19] * repeats, jnp.int32)
     inference = model.apply({"params": params}, graph, text, rows=cold)[0]
     hidden = model.apply(
         {"params": params}, graph, text, rows=cold, deterministic=False, rngs={"dropout": jax.random.PRNGKey(1)}

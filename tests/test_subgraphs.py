@@ -56,10 +56,11 @@ def _outputs_and_gradients(model, params, graph, rows, cotangent):
 
 @pytest.mark.parametrize("architecture", ["lightgcn", "gcn"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_full_fanout_subgraph_gives_full_graph_outputs_and_gradients(graph, architecture, num_layers):
+@pytest.mark.parametrize("native", [False, True])
+def test_full_fanout_subgraph_gives_full_graph_outputs_and_gradients(graph, architecture, num_layers, native):
     # A fanout above every degree takes every neighbour: the estimator is exact, so the
     # subgraph must reproduce the full graph's outputs and parameter gradients at the seeds.
-    sampler = NeighborSampler(graph, NUM_USERS, [100] * num_layers)
+    sampler = NeighborSampler(graph, NUM_USERS, [100] * num_layers, native=native)
     subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(1))
     padded = pad_subgraph(subgraph, int(subgraph.n_node[0]) + 40, int(subgraph.n_edge[0]) + 64)
     model = RecommenderModel(
@@ -76,7 +77,8 @@ def test_full_fanout_subgraph_gives_full_graph_outputs_and_gradients(graph, arch
 
 @pytest.mark.parametrize("architecture", ["lightgcn", "sociallgn"])
 @pytest.mark.parametrize("directed", [False, True])
-def test_full_fanout_subgraph_of_a_social_graph_is_exact_per_edge_kind(interactions, architecture, directed):
+@pytest.mark.parametrize("native", [False, True])
+def test_full_fanout_subgraph_of_a_social_graph_is_exact_per_edge_kind(interactions, architecture, directed, native):
     # Hops sample items and friends alike; each subgraph edge keeps its kind, so SocialLGN's
     # separate interaction and social aggregates (and the joint LightGCN's sum) stay exact.
     rng = np.random.default_rng(5)
@@ -89,7 +91,7 @@ def test_full_fanout_subgraph_of_a_social_graph_is_exact_per_edge_kind(interacti
     social = build_interaction_graph(
         NUM_USERS, NUM_ITEMS, *interactions, social=(followers, friends), social_weight=0.7
     )
-    sampler = NeighborSampler(social, NUM_USERS, [100, 100])
+    sampler = NeighborSampler(social, NUM_USERS, [100, 100], native=native)
     subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(1))
     kinds = np.asarray(subgraph.edges["kind"])
     assert SOCIAL_EDGE in kinds and np.all(np.diff(kinds) >= 0)  # blocks by kind, as the full graph's
@@ -104,8 +106,9 @@ def test_full_fanout_subgraph_of_a_social_graph_is_exact_per_edge_kind(interacti
         np.testing.assert_allclose(part_grad, full_grad, atol=1e-5)
 
 
-def test_subgraph_is_symmetric_so_backward_uses_its_transpose(graph):
-    sampler = NeighborSampler(graph, NUM_USERS, [3, 2])
+@pytest.mark.parametrize("native", [False, True])
+def test_subgraph_is_symmetric_so_backward_uses_its_transpose(graph, native):
+    sampler = NeighborSampler(graph, NUM_USERS, [3, 2], native=native)
     for seed in range(5):
         subgraph, _ = sampler.sample(SEEDS, np.random.default_rng(seed))
         adjacency = dense_adjacency(subgraph)
@@ -116,11 +119,12 @@ def test_subgraph_is_symmetric_so_backward_uses_its_transpose(graph):
         )
 
 
-def test_uniform_estimator_is_unbiased_at_both_layers(graph):
+@pytest.mark.parametrize("native", [False, True])
+def test_uniform_estimator_is_unbiased_at_both_layers(graph, native):
     embeddings = np.random.default_rng(3).normal(size=(NUM_USERS + NUM_ITEMS, 4))
     full = dense_adjacency(graph)
     expected = [(full @ embeddings)[SEEDS], (full @ full @ embeddings)[SEEDS]]
-    sampler = NeighborSampler(graph, NUM_USERS, [2, 2])
+    sampler = NeighborSampler(graph, NUM_USERS, [2, 2], native=native)
     draws = [[], []]
     for seed in range(1500):
         subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(seed))
@@ -137,8 +141,50 @@ def test_uniform_estimator_is_unbiased_at_both_layers(graph):
     assert np.max(np.abs(np.stack(draws[1]) - expected[1])) > 1e-3
 
 
-def test_padding_never_leaks(graph):
-    sampler = NeighborSampler(graph, NUM_USERS, [3, 2])
+@pytest.mark.parametrize("social_links", [False, True])
+@pytest.mark.parametrize("fanouts", [[100], [100, 100]])
+def test_native_and_numpy_samplers_build_identical_subgraphs_when_every_neighbour_is_taken(
+    interactions, graph, social_links, fanouts
+):
+    # Taking every neighbour leaves nothing to chance, so the two paths must agree array for array.
+    if social_links:
+        rng = np.random.default_rng(6)
+        followers, friends = rng.integers(0, NUM_USERS, 40), rng.integers(0, NUM_USERS, 40)
+        keep = followers != friends
+        graph = build_interaction_graph(
+            NUM_USERS, NUM_ITEMS, *interactions, social=(followers[keep], friends[keep]), social_weight=0.5
+        )
+    native, numpy = (NeighborSampler(graph, NUM_USERS, fanouts, native=flag) for flag in (True, False))
+    (a, a_positions), (b, b_positions) = (s.sample(SEEDS, np.random.default_rng(0)) for s in (native, numpy))
+    np.testing.assert_array_equal(a_positions, b_positions)
+    for left, right in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert left.dtype == right.dtype
+        np.testing.assert_array_equal(left, right)
+
+
+def test_native_sampler_draws_distinct_true_neighbours_and_replays_from_its_seed(graph):
+    sampler = NeighborSampler(graph, NUM_USERS, [3], native=True)
+    adjacency = dense_adjacency(graph) != 0
+    subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(9))
+    global_id = subgraph.nodes["global_id"]
+    first_hop = subgraph.receivers < len(np.unique(SEEDS))  # seeds' in-edges come first
+    for seed_position in np.unique(positions):
+        senders = global_id[subgraph.senders[first_hop & (subgraph.receivers == seed_position)]]
+        node = global_id[seed_position]
+        assert len(senders) == min(3, adjacency[node].sum()) == len(set(senders.tolist()))
+        assert adjacency[node, senders].all()
+    again, _ = sampler.sample(SEEDS, np.random.default_rng(9))
+    for left, right in zip(jax.tree.leaves(subgraph), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(left, right)
+    with pytest.raises(ValueError, match=r"node indices in \[0, 50\)"):
+        sampler.sample(np.array([0, NUM_USERS + NUM_ITEMS]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="method='uniform' only"):
+        NeighborSampler(graph, NUM_USERS, [3], "importance", native=True)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_padding_never_leaks(graph, native):
+    sampler = NeighborSampler(graph, NUM_USERS, [3, 2], native=native)
     subgraph, positions = sampler.sample(SEEDS, np.random.default_rng(4))
     model = RecommenderModel(num_nodes=NUM_USERS + NUM_ITEMS, embedding_dim=8, num_layers=2)
     params = model.init(jax.random.PRNGKey(0), graph)["params"]

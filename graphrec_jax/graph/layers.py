@@ -80,7 +80,13 @@ def aggregate_rows(
     kinds: Sequence[int] | None = None,
     backend: str = "auto",
 ):
-    """Rows of `aggregate(graph, x)` only: `x [n_node, d], rows [r] -> [r, d]`."""
+    """Rows of `aggregate(graph, x)` only: `x [n_node, d], rows [r] -> [r, d]`.
+
+    With at least as many rows as nodes (a small graph, a batch with many negatives) the rows
+    repeat, and the full product gathered once is cheaper than the rows' own products and
+    their scatter-add gradients: that path is taken then (a static choice on the shapes)."""
+    if rows.shape[0] >= x.shape[0]:
+        return gather_rows(aggregate(graph, x, kinds=kinds, backend=backend), rows, backend=backend)
     total = None
     for kind in _kinds(graph, kinds):
         product = kernels.csr_matmul_rows(

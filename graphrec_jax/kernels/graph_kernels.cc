@@ -12,6 +12,8 @@
 //   GraphrecCsrMatmulRows  y[i]  = the same for row rows[i] only
 //   GraphrecCsrScatterRows xbar  = transpose of CsrMatmulRows (the gradient w.r.t. x)
 //   GraphrecTopKScores     exact top-k of queries @ items.T + bias, minus excluded pairs
+// and one plain C function for the host (ctypes):
+//   graphrec_sample_uniform  a uniform 1- or 2-hop neighbourhood subgraph (graph/subgraphs.py)
 
 #include <omp.h>
 
@@ -522,7 +524,211 @@ ffi::Error TopKScoresImpl(ffi::BufferR2<ffi::F32> queries, ffi::BufferR2<ffi::F3
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Host-side uniform neighbourhood sampling (graph/subgraphs.py's NeighborSampler, method
+// "uniform"), called through ctypes with the GIL released. It builds the same symmetric
+// subgraph as the numpy path, in the same order (levels of sorted distinct nodes, edges
+// grouped by receiver, stable counting sorts), from its own seeded stream: with every
+// neighbour taken (fanout >= degree) the two paths give identical arrays.
+// ---------------------------------------------------------------------------------------------
+
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t Next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }  // [0, 1)
+};
+
+// Sorted distinct values of a list and each value's position among them, in O(n + distinct)
+// (a scan of the node range instead of a sort when the distinct values are dense).
+class Distinct {
+ public:
+  explicit Distinct(int64_t num_nodes) : mark_(num_nodes, 0), index_(num_nodes, 0) {}
+
+  void operator()(const std::vector<int32_t>& values, std::vector<int32_t>* distinct,
+                  std::vector<int32_t>* local) {
+    distinct->clear();
+    for (const int32_t v : values) {
+      if (!mark_[v]) {
+        mark_[v] = 1;
+        distinct->push_back(v);
+      }
+    }
+    const int64_t n = static_cast<int64_t>(mark_.size());
+    if (static_cast<int64_t>(distinct->size()) * 32 > n) {
+      distinct->clear();
+      for (int64_t v = 0; v < n; ++v) {
+        if (mark_[v]) distinct->push_back(static_cast<int32_t>(v));
+      }
+    } else {
+      std::sort(distinct->begin(), distinct->end());
+    }
+    for (size_t i = 0; i < distinct->size(); ++i) {
+      mark_[(*distinct)[i]] = 0;
+      index_[(*distinct)[i]] = static_cast<int32_t>(i);
+    }
+    local->resize(values.size());
+    for (size_t j = 0; j < values.size(); ++j) (*local)[j] = index_[values[j]];
+  }
+
+ private:
+  std::vector<uint8_t> mark_;
+  std::vector<int32_t> index_;
+};
+
+struct HopEdges {
+  std::vector<int32_t> counts;   // [receivers] sampled in-edges per receiver
+  std::vector<int32_t> senders;  // [e] full-graph node of each sampled edge, grouped by receiver
+  std::vector<float> weights;    // [e] the edge's weight times degree / count
+  std::vector<int8_t> kinds;     // [e]
+};
+
+// Up to `fanout` distinct in-edges of each receiver, uniformly (Floyd's algorithm).
+void SampleHop(const int64_t* offsets, const int32_t* neighbors, const float* weights, const int8_t* kinds,
+               const std::vector<int32_t>& receivers, int64_t fanout, SplitMix64* rng, HopEdges* out) {
+  out->counts.assign(receivers.size(), 0);
+  out->senders.clear();
+  out->weights.clear();
+  out->kinds.clear();
+  std::vector<int64_t> picks(fanout);
+  for (size_t i = 0; i < receivers.size(); ++i) {
+    const int64_t begin = offsets[receivers[i]], degree = offsets[receivers[i] + 1] - begin;
+    const int64_t count = std::min(degree, fanout);
+    out->counts[i] = static_cast<int32_t>(count);
+    const float scale = count > 0 ? static_cast<float>(static_cast<double>(degree) / static_cast<double>(count)) : 0.0f;
+    for (int64_t j = 0; j < count; ++j) {
+      int64_t pick = j;
+      if (degree > fanout) {
+        const int64_t limit = degree - fanout + j;  // draw from [0, limit]; on a repeat take `limit`
+        pick = std::min(static_cast<int64_t>(rng->Uniform() * static_cast<double>(limit + 1)), limit);
+        for (int64_t earlier = 0; earlier < j; ++earlier) {
+          if (picks[earlier] == pick) {
+            pick = limit;
+            break;
+          }
+        }
+        picks[j] = pick;
+      }
+      const int64_t entry = begin + pick;
+      out->senders.push_back(neighbors[entry]);
+      out->weights.push_back(weights[entry] * scale);
+      out->kinds.push_back(kinds[entry]);
+    }
+  }
+}
+
+// Positions 0..n-1 stably ordered by key (keys in [0, num_keys)); `starts` gets the groups' starts.
+std::vector<int32_t> CountingOrder(const std::vector<int32_t>& keys, int64_t num_keys, std::vector<int64_t>* starts) {
+  starts->assign(num_keys + 1, 0);
+  for (const int32_t key : keys) ++(*starts)[key + 1];
+  for (int64_t k = 0; k < num_keys; ++k) (*starts)[k + 1] += (*starts)[k];
+  std::vector<int64_t> next(starts->begin(), starts->end() - 1);
+  std::vector<int32_t> order(keys.size());
+  for (size_t j = 0; j < keys.size(); ++j) order[next[keys[j]]++] = static_cast<int32_t>(j);
+  return order;
+}
+
 }  // namespace
+
+// Returns 0, or -1 when a seed lies outside [0, num_nodes) (nothing written then); the operator's
+// neighbours are the caller's to check, once (graph.subgraphs.NeighborSampler does).
+// sizes receives {seeds' distinct count n0, subgraph nodes, subgraph edges}. The caller sizes the
+// outputs by the bounds: nodes <= num_seeds * (1 + 2 f0 + f0 f1), edges <= num_seeds * (4 f0 + 2 f0 f1)
+// (2 f0 with one hop).
+extern "C" int graphrec_sample_uniform(const int64_t* offsets, const int32_t* neighbors, const float* weights,
+                                       const int8_t* kinds, int64_t num_nodes, const int32_t* seeds,
+                                       int64_t num_seeds, const int64_t* fanouts, int64_t num_hops,
+                                       uint64_t seed, int32_t* global_id, int32_t* positions,
+                                       int32_t* receivers, int32_t* senders, float* edge_weights,
+                                       int8_t* edge_kinds, int64_t* sizes) {
+  for (int64_t i = 0; i < num_seeds; ++i) {
+    if (seeds[i] < 0 || seeds[i] >= num_nodes) return -1;
+  }
+  SplitMix64 rng{seed};
+  Distinct distinct(num_nodes);
+  std::vector<int32_t> seed_list(seeds, seeds + num_seeds), level0, seed_local;
+  distinct(seed_list, &level0, &seed_local);
+  const int64_t n0 = static_cast<int64_t>(level0.size());
+  HopEdges hop1, hop2;
+  SampleHop(offsets, neighbors, weights, kinds, level0, fanouts[0], &rng, &hop1);
+  const int64_t e1 = static_cast<int64_t>(hop1.senders.size());
+  std::vector<int32_t> receivers1(e1);
+  for (int64_t r = 0, e = 0; r < n0; ++r) {
+    for (int32_t c = 0; c < hop1.counts[r]; ++c) receivers1[e++] = static_cast<int32_t>(r);
+  }
+  std::vector<int32_t> level1, local1;
+  distinct(hop1.senders, &level1, &local1);
+  const int64_t n1 = static_cast<int64_t>(level1.size());
+  std::vector<int64_t> parent_start;  // by_parent: first-hop edges grouped by their level-1 node
+  const std::vector<int32_t> by_parent = CountingOrder(local1, n1, &parent_start);
+  std::vector<int32_t> level2, local2, hop2_start(n1 + 1, 0);
+  int64_t e2 = 0;
+  if (num_hops == 2) {
+    SampleHop(offsets, neighbors, weights, kinds, level1, fanouts[1], &rng, &hop2);
+    e2 = static_cast<int64_t>(hop2.senders.size());
+    for (int64_t p = 0; p < n1; ++p) hop2_start[p + 1] = hop2_start[p] + hop2.counts[p];
+    // Leaves: the sampled second hop, then one cancelling copy of the parent per first-hop edge.
+    std::vector<int32_t> leaf_values(hop2.senders);
+    leaf_values.reserve(e2 + e1);
+    for (int64_t i = 0; i < e1; ++i) leaf_values.push_back(level0[receivers1[by_parent[i]]]);
+    distinct(leaf_values, &level2, &local2);
+  }
+  const int64_t n2 = static_cast<int64_t>(level2.size());
+  int64_t edge = 0;
+  auto emit = [&](int64_t receiver, int64_t sender, float weight, int8_t kind) {
+    receivers[edge] = static_cast<int32_t>(receiver);
+    senders[edge] = static_cast<int32_t>(sender);
+    edge_weights[edge] = weight;
+    edge_kinds[edge] = kind;
+    ++edge;
+  };
+  // Seeds receive their first hop.
+  for (int64_t e = 0; e < e1; ++e) emit(receivers1[e], n0 + local1[e], hop1.weights[e], hop1.kinds[e]);
+  // Level-1 nodes receive the reverse first-hop edges, their second hop, and the cancelling leaves.
+  const int64_t leaf_base = n0 + n1;
+  for (int64_t p = 0; p < n1; ++p) {
+    for (int64_t i = parent_start[p]; i < parent_start[p + 1]; ++i) {
+      const int32_t e = by_parent[i];
+      emit(n0 + p, receivers1[e], hop1.weights[e], hop1.kinds[e]);
+    }
+    if (num_hops == 2) {
+      for (int64_t j = hop2_start[p]; j < hop2_start[p + 1]; ++j) {
+        emit(n0 + p, leaf_base + local2[j], hop2.weights[j], hop2.kinds[j]);
+      }
+      for (int64_t i = parent_start[p]; i < parent_start[p + 1]; ++i) {
+        const int32_t e = by_parent[i];
+        emit(n0 + p, leaf_base + local2[e2 + i], -hop1.weights[e], hop1.kinds[e]);
+      }
+    }
+  }
+  // Leaves receive the reverse of both, grouped by leaf (a stable counting sort).
+  if (num_hops == 2) {
+    std::vector<int32_t> leaf_parent(e2 + e1);
+    for (int64_t p = 0; p < n1; ++p) {
+      for (int64_t j = hop2_start[p]; j < hop2_start[p + 1]; ++j) leaf_parent[j] = static_cast<int32_t>(p);
+    }
+    for (int64_t i = 0; i < e1; ++i) leaf_parent[e2 + i] = local1[by_parent[i]];
+    std::vector<int64_t> leaf_start;
+    for (const int32_t j : CountingOrder(local2, n2, &leaf_start)) {
+      const bool second_hop = j < e2;
+      const int32_t e = second_hop ? 0 : by_parent[j - e2];
+      emit(leaf_base + local2[j], n0 + leaf_parent[j], second_hop ? hop2.weights[j] : -hop1.weights[e],
+           second_hop ? hop2.kinds[j] : hop1.kinds[e]);
+    }
+  }
+  std::copy(level0.begin(), level0.end(), global_id);
+  std::copy(level1.begin(), level1.end(), global_id + n0);
+  std::copy(level2.begin(), level2.end(), global_id + n0 + n1);
+  std::copy(seed_local.begin(), seed_local.end(), positions);
+  sizes[0] = n0;
+  sizes[1] = n0 + n1 + n2;
+  sizes[2] = edge;
+  return 0;
+}
 
 extern "C" void graphrec_set_num_threads(int num_threads) {
   g_num_threads.store(num_threads, std::memory_order_relaxed);

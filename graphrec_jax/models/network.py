@@ -219,6 +219,10 @@ class RecommenderModel(nn.Module):
         num_layers = self.num_layers
         if num_layers == 0:
             return inputs if rows is None else inputs[rows], 0.0
+        if rows is not None and rows.shape[0] >= inputs.shape[0]:
+            # More rows than nodes: every node's products, gathered once (see `aggregate_rows`).
+            propagated, linked = self._lightgcn_with_links(graph, inputs, None)
+            return gather_rows(propagated, rows, backend=self.backend), gather_rows(linked, rows, backend=self.backend)
         layers = [inputs]
         for _ in range(num_layers - 1):
             layers.append(aggregate(graph, layers[-1], backend=self.backend))
