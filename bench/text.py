@@ -20,9 +20,10 @@ Variants (`--variants`, comma-separated):
                        a fusion (text_only, concat, text_node_input), with item-item semantic edges
                        (--semantic-k, --semantic-weight), with the text-graph alignment loss
                        (--align-weight, --align-temperature), with the MLM-adapted encoder
-                       (--mlm-encoder, made by scripts/pretrain_text.py). --fusion-learning-rate
-                       and --fusion-l2-weight replace the recipe's values for every fusion
-                       variant (choose them on the validation split, as the graph-only grid is).
+                       (--mlm-encoder, made by scripts/pretrain_text.py). --fusion-learning-rate,
+                       --fusion-l2-weight and --fusion-text-hidden-dim replace the recipe's values
+                       for every fusion variant (choose them on the validation split, as the
+                       graph-only grid is).
 The best fusion on cold items is then fine-tuned (`<fusion>_finetuned`, --finetune-epochs > 0):
 the BERT's upper layers train inside the step, starting from the frozen run's parameters.
 
@@ -114,6 +115,8 @@ def variant_config(name: str, args, seed: int, tuned: dict | None):
         config.train.learning_rate = args.fusion_learning_rate
     if args.fusion_l2_weight:
         config.train.l2_weight = args.fusion_l2_weight
+    if args.fusion_text_hidden_dim >= 0:
+        config.model.text_hidden_dim = args.fusion_text_hidden_dim
     if "_semantic" in name:
         config.model.text.semantic_k = args.semantic_k
         config.model.text.semantic_weight = args.semantic_weight
@@ -285,6 +288,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--fusion-l2-weight", type=float, default=0.0, help="fusion variants: L2 weight (0: the recipe's)"
+    )
+    parser.add_argument(
+        "--fusion-text-hidden-dim",
+        type=int,
+        default=-1,
+        help="fusion variants: the text projection's hidden width (0: linear; -1: the recipe's)",
     )
     parser.add_argument("--mlm-encoder", default="", help="_mlm variants: the MLM-adapted BERT checkpoint")
     parser.add_argument("--tune-grid", default=DEFAULT_TUNE_GRID, help="graph_only_tuned: 'RATES;L2S;LOSSES'")
