@@ -211,3 +211,31 @@ def test_init_from_copies_another_runs_best_parameters(trained):
     other = init_params(build_setup(bigger, prepare_dataset(bigger.data)), seed=0)
     with pytest.raises(ValueError, match="node_embedding"):
         initial_params_from(workdir, other)
+
+
+def test_a_run_resumed_inside_an_epoch_logs_that_epochs_loss_over_all_its_steps(tmp_path):
+    # Checkpoints inside epochs; resuming from one (its later checkpoints and records gone, as
+    # after a crash) must log the same records, the epoch's mean loss included, as a straight run.
+    config = test_config.get_config()
+    config.train.num_epochs, config.train.eval_every_epochs = 3, 1
+    config.train.keep_checkpoints = 20
+    straight = tmp_path / "straight"
+    train_and_evaluate(config, straight)
+    per_epoch = _records(straight)[0]["step"]
+    assert per_epoch > 2
+    config.train.checkpoint_every_steps = per_epoch + 1  # lands inside the second epoch
+    stopped = tmp_path / "stopped"
+    train_and_evaluate(config, stopped)
+    store = CheckpointStore(stopped, read_only=True)
+    inside = [step for step in store.steps() if step % per_epoch]
+    assert inside and inside[0] == per_epoch + 1
+    for step in store.steps():
+        if step > inside[0]:
+            shutil.rmtree(stopped / "checkpoints" / str(step))
+    store.close()
+    kept = [record for record in _records(stopped) if record["step"] <= inside[0]]
+    (stopped / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in kept))
+    train_and_evaluate(config, stopped)
+    assert [_comparable(record) for record in _records(stopped)] == [
+        _comparable(record) for record in _records(straight)
+    ]

@@ -29,13 +29,23 @@ class LossMonitor(Hook):
     (raising `NonFiniteLossError` before anything saves the bad state), and notes the epoch's
     mean loss as `record["loss"]`. Reading a loss waits for its step, hence the batching."""
 
-    def __init__(self, every_steps: int = 50):
+    def __init__(self, every_steps: int = 50, carried: list[float] | None = None):
+        """`carried`: the losses of the steps a resumed run's first epoch took before it was
+        stopped (saved with its checkpoint), so that epoch's mean covers all of its steps."""
         self.every_steps = max(1, every_steps)
         self.pending: list[tuple[int, jax.Array]] = []
         self.epoch_losses: list[float] = []
+        self.carried = list(carried or [])
 
     def on_epoch_start(self, loop: Loop) -> None:
-        self.epoch_losses = []
+        done = loop.first_batch  # steps of this epoch taken before a resume
+        self.epoch_losses = self.carried if done > 0 and len(self.carried) == done else []
+        self.carried = []
+
+    def current_epoch_losses(self) -> list[float]:
+        """The losses of this epoch's steps so far (waits for their steps)."""
+        self.flush()
+        return list(self.epoch_losses)
 
     def after_step(self, loop: Loop, metrics) -> None:
         self.pending.append((loop.step, metrics["loss"]))

@@ -73,9 +73,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     primary = devices.is_primary_process()
     workdir.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(workdir, keep=config.train.keep_checkpoints, best_metric=best_metric)
+    carried_losses: list[float] = []
     if resuming:
         abstract = {"train_state": run.host_state()[0], "rng": run.host_state()[1]}
-        step, restored, arrays, _ = store.restore(abstract, None)
+        step, restored, arrays, restored_metadata = store.restore(abstract, None)
+        carried_losses = list(restored_metadata.get("epoch_losses") or [])
         text_features = arrays.get("text_features") if run.finetuning is not None else None
         run.load_state(restored["train_state"], restored["rng"], text_features)
         log.info("resumed from %s at step %d", store.directory, step)
@@ -88,9 +90,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         write_atomic(workdir / "config.json", config_to_json(config))
 
     def save(loop: Loop, metrics: dict | None) -> None:
-        save_checkpoint(store, loop.run, loop.step, loop.epoch + 1, metadata, metrics)
+        # A save inside an epoch keeps that epoch's losses so far: a run resumed from it logs the
+        # same epoch mean as one never stopped.
+        partial = loop.step % loop.batches_per_epoch != 0
+        epoch_metadata = dict(metadata, epoch_losses=losses.current_epoch_losses() if partial else [])
+        save_checkpoint(store, loop.run, loop.step, loop.epoch + 1, epoch_metadata, metrics)
 
-    losses = hook_types.LossMonitor(config.train.log_every_steps)
+    losses = hook_types.LossMonitor(config.train.log_every_steps, carried=carried_losses)
     text = hook_types.TextRefresh()
     evaluation = hook_types.Evaluation(config.train.eval_every_epochs, text=text)
     checkpointing = hook_types.Checkpointing(
