@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from graphrec_jax.graph.sparse import ragged_arange
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.kernels import csr_matmul, csr_matmul_rows, native_available, top_k_scores
 
@@ -162,7 +163,7 @@ def permuted(offsets, neighbors, weights, order: np.ndarray) -> tuple[np.ndarray
     position[order] = np.arange(len(order))
     lengths = np.diff(offsets)[order]
     starts = offsets[:-1][order]
-    entries = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    entries = ragged_arange(starts, lengths)
     new_neighbors = position[neighbors[entries]]
     new_weights = weights[entries]
     new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)

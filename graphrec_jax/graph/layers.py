@@ -72,6 +72,13 @@ def gather_rows(x: jax.Array, indices: jax.Array, *, backend: str = "auto") -> j
     return kernels.take_rows(x, indices, backend=backend)
 
 
+def gathers_full_product(rows: jax.Array, num_nodes: int) -> bool:
+    """Whether rows of a product are better taken from the full product, gathered once: with at
+    least as many rows as nodes they repeat, and the full product costs less than the rows' own
+    products and their scatter-add gradients. A static choice on the shapes."""
+    return rows.shape[0] >= num_nodes
+
+
 def aggregate_rows(
     graph: jraph.GraphsTuple,
     x: jax.Array,
@@ -82,10 +89,9 @@ def aggregate_rows(
 ):
     """Rows of `aggregate(graph, x)` only: `x [n_node, d], rows [r] -> [r, d]`.
 
-    With at least as many rows as nodes (a small graph, a batch with many negatives) the rows
-    repeat, and the full product gathered once is cheaper than the rows' own products and
-    their scatter-add gradients: that path is taken then (a static choice on the shapes)."""
-    if rows.shape[0] >= x.shape[0]:
+    With at least as many rows as nodes (a small graph, a batch with many negatives) the full
+    product is gathered instead (`gathers_full_product`)."""
+    if gathers_full_product(rows, x.shape[0]):
         return gather_rows(aggregate(graph, x, kinds=kinds, backend=backend), rows, backend=backend)
     total = None
     for kind in _kinds(graph, kinds):

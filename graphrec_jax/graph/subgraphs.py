@@ -14,8 +14,8 @@ Estimators. Each receiver `v` aggregates `sum_j c_vj * x[j]` over its sampled in
     `walk_length` steps from `v` (T = the hop's fanout), weights = visit counts normalised
     over those T. Deterministic once the walks are drawn; the walks are drawn once per run.
 
-Uniform hops run in native code when the library is available (`kernels.sampling`; about
-six times faster than the numpy path on Gowalla), importance hops in numpy.
+Uniform hops run in native code when the library is available (`kernels.sampling`; 7.5 ms
+against the numpy path's 17.4 ms for a Gowalla batch), importance hops in numpy.
 
 Symmetric storage. The propagation layers assume a symmetric adjacency (the backward pass
 reuses the forward operator), while a sampled hop is directed. The subgraph therefore
@@ -175,10 +175,10 @@ class NeighborSampler:
                 self.operator, fanouts, num_walks=num_walks, walk_length=walk_length, seed=seed
             )
         if native is None:
-            native = method == "uniform" and sampling.native_sampling_available()
+            native = method == "uniform" and kernels.native_available()
         elif native and method != "uniform":
             raise ValueError(f"native sampling covers sampling.method='uniform' only, not {method!r}")
-        elif native and not sampling.native_sampling_available():
+        elif native and not kernels.native_available():
             raise RuntimeError(f"native sampling is unavailable: {kernels.unavailable_reason()}")
         if native and self.operator.neighbors.size:
             if self.operator.neighbors.min() < 0 or self.operator.neighbors.max() >= self.num_nodes:

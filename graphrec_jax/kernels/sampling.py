@@ -8,6 +8,7 @@ the main thread dispatches steps.
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,9 +36,13 @@ _ARGTYPES = [
 ]
 
 
-def native_sampling_available() -> bool:
-    """True when the native library is built and loaded (`kernels.native_available`)."""
-    return native.native_available()
+@functools.cache
+def _sampler(library: ctypes.CDLL):
+    """The library's sampling function, its signature declared once."""
+    function = library.graphrec_sample_uniform
+    function.argtypes = _ARGTYPES
+    function.restype = ctypes.c_int
+    return function
 
 
 def sample_uniform(
@@ -63,15 +68,13 @@ def sample_uniform(
       weights `[e]` float32, kinds `[e]` int8, positions `[m]` int32 of each seed).
 
     Raises:
-      RuntimeError: the native library is unavailable (check `native_sampling_available` first).
+      RuntimeError: the native library is unavailable (check `kernels.native_available` first).
       ValueError: a seed outside the graph.
     """
     library = native.load()
     if library is None:
         raise RuntimeError(f"native sampling is unavailable: {native.unavailable_reason()}")
-    function = library.graphrec_sample_uniform
-    function.argtypes = _ARGTYPES
-    function.restype = ctypes.c_int
+    function = _sampler(library)
     num_nodes = len(offsets) - 1
     seeds = np.ascontiguousarray(seeds, np.int32)
     fanout_array = np.ascontiguousarray(fanouts, np.int64)

@@ -42,6 +42,7 @@ from graphrec_jax.graph.layers import (
     aggregate_rows,
     aggregate_users,
     gather_rows,
+    gathers_full_product,
     gcn_propagate,
     lightgcn_propagate,
 )
@@ -219,8 +220,8 @@ class RecommenderModel(nn.Module):
         num_layers = self.num_layers
         if num_layers == 0:
             return inputs if rows is None else inputs[rows], 0.0
-        if rows is not None and rows.shape[0] >= inputs.shape[0]:
-            # More rows than nodes: every node's products, gathered once (see `aggregate_rows`).
+        if rows is not None and gathers_full_product(rows, inputs.shape[0]):
+            # Every node's products, gathered once for all the aggregates (see `aggregate_rows`).
             propagated, linked = self._lightgcn_with_links(graph, inputs, None)
             return gather_rows(propagated, rows, backend=self.backend), gather_rows(linked, rows, backend=self.backend)
         layers = [inputs]
