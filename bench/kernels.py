@@ -10,7 +10,8 @@ bipartite graph of the same size, and prints a table of median wall times:
 Rows: csr_matmul on the symmetric normalised adjacency (forward, and forward + gradient),
 csr_matmul_rows for a training batch (forward + gradient), and the full-ranking top-k of every
 user over all items with the training items excluded, called chunk by chunk from one jitted
-function. Times include dispatch; each jitted function is warmed up first.
+function (backend `native-fp32`: the native kernel with its bfloat16 screen turned off, the
+same results). Times include dispatch; each jitted function is warmed up first.
 
 Then the memory side of the forward product: its effective bandwidth (bytes it must move:
 the gathered rows, indices, weights and the output, over its time) against the machine's copy
@@ -36,7 +37,7 @@ import numpy as np
 
 from graphrec_jax.graph.sparse import ragged_arange
 from graphrec_jax.host_memory import use_huge_pages
-from graphrec_jax.kernels import csr_matmul, csr_matmul_rows, native_available, top_k_scores
+from graphrec_jax.kernels import csr_matmul, csr_matmul_rows, native, native_available, top_k_scores
 
 NUM_USERS, NUM_ITEMS = 29_858, 40_981
 
@@ -252,6 +253,15 @@ def bench_ranking(users, items, backends, repeats, chunk_size, k, rng) -> list[R
 
         name = f"top_k_scores k={k} all {NUM_USERS} users, chunks of {chunk_size}"
         results.append((name, backend, median_ms(run_all, repeats)))
+        if backend == "native" and native.top_k_screening_built():
+            # The same kernel without its bfloat16 screen (identical results). Random normal
+            # embeddings have nearly equal norms, the screen's worst case; on trained embeddings
+            # see bench/lightgcn.py's evaluation.
+            native.set_top_k_screening(False)
+            try:
+                results.append((name, "native-fp32", median_ms(run_all, repeats)))
+            finally:
+                native.set_top_k_screening(True)
     return results
 
 

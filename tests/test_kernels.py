@@ -325,6 +325,94 @@ def test_top_k_scores_ignores_padding_after_last_exclusion(backend):
     np.testing.assert_array_equal(scores, [[0.0, 0.0], [1.0, 0.0]])
 
 
+def _top_k_both_paths(queries, items, k, bias, exclude_offsets, exclude_items):
+    """The native top-k with the bfloat16 screen on and off."""
+    from graphrec_jax.kernels import native
+
+    rank = jax.jit(
+        lambda q, i, b, o, e: top_k_scores(q, i, k, exclude_offsets=o, exclude_items=e, item_bias=b, backend="native")
+    )
+    results = []
+    try:
+        for screening in (True, False):
+            native.set_top_k_screening(screening)
+            results.append(jax.tree.map(np.asarray, rank(queries, items, bias, exclude_offsets, exclude_items)))
+    finally:
+        native.set_top_k_screening(True)
+    return results
+
+
+@needs_native
+@pytest.mark.parametrize("d", [1, 7, 32, 64, 100])
+def test_top_k_screen_equals_the_fp32_path_bit_for_bit(d):
+    """Norms spread over two orders of magnitude (as trained embeddings' are), duplicate items
+    (exact ties), zero rows, -inf biases with and without finite ones (a finite bias widens the
+    screen's early stop), exclusions: the same scores and items."""
+    rng = np.random.default_rng(d)
+    for case in range(4):
+        b, n, k = int(rng.integers(32, 300)), int(rng.integers(1, 3000)), int(rng.integers(1, 60))
+        queries = rng.standard_normal((b, d)) * rng.lognormal(0.0, 1.0, (b, 1))
+        items = rng.standard_normal((n, d)) * rng.lognormal(0.0, 1.0, (n, 1))
+        items[rng.integers(0, n, n // 10)] = items[rng.integers(0, n, n // 10)]
+        items[rng.integers(0, n, 3)] = 0.0
+        bias = np.where(rng.random(n) < 0.3, rng.normal(0.0, 0.5, n), 0.0) if case % 2 else np.zeros(n)
+        bias[rng.random(n) < 0.1] = -np.inf
+        lengths = rng.integers(0, 40, b)
+        exclude_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        exclude_items = rng.integers(0, n, exclude_offsets[-1]).astype(np.int32)
+        arrays = [x.astype(np.float32) for x in (queries, items, bias)]
+        (screened_scores, screened_items), (scores, indices) = _top_k_both_paths(
+            arrays[0], arrays[1], k, arrays[2], exclude_offsets, exclude_items
+        )
+        np.testing.assert_array_equal(screened_items, indices)
+        np.testing.assert_array_equal(screened_scores, scores)
+
+
+@needs_native
+def test_top_k_screen_is_exact_where_bfloat16_rounding_reorders_scores():
+    """Features spread within one bfloat16 step of 1, so rounding collapses the leaders' scores
+    into a few values and reorders them; the exact pass must restore the fp32 order."""
+    rng = np.random.default_rng(11)
+    d, n, k = 4, 1500, 5
+    near_one = lambda shape: 1.0 + rng.random(shape) * 2.0**-7  # noqa: E731
+    queries = near_one((64, d))
+    items = np.concatenate([near_one((50, d)), 0.9 * near_one((n - 50, d))])[rng.permutation(n)]
+    arrays = [x.astype(np.float32) for x in (queries, items, np.zeros(n))]
+    offsets = np.zeros(65, np.int32)
+    (screened_scores, screened_items), (scores, indices) = _top_k_both_paths(
+        *arrays[:2], k, arrays[2], offsets, np.zeros(1, np.int32)
+    )
+    np.testing.assert_array_equal(screened_items, indices)
+    np.testing.assert_array_equal(screened_scores, scores)
+
+
+@needs_native
+@pytest.mark.parametrize("problem", ["nan item", "inf item", "huge query", "zero query", "nan bias", "inf bias"])
+def test_top_k_screen_hands_unusual_inputs_to_the_fp32_path(problem):
+    rng = np.random.default_rng(3)
+    queries = rng.standard_normal((64, 16)).astype(np.float32)
+    items = rng.standard_normal((500, 16)).astype(np.float32)
+    bias = np.zeros(500, np.float32)
+    if problem == "nan item":
+        items[7, 3] = np.nan
+    elif problem == "inf item":
+        items[7, 3] = np.inf
+    elif problem == "huge query":
+        queries[40] = 1e19
+    elif problem == "zero query":  # every score ties
+        queries[40] = 0.0
+    elif problem == "nan bias":
+        bias[7] = np.nan
+    else:
+        bias[7] = np.inf
+    offsets = np.zeros(65, np.int32)
+    (screened_scores, screened_items), (scores, indices) = _top_k_both_paths(
+        queries, items, 10, bias, offsets, np.zeros(1, np.int32)
+    )
+    np.testing.assert_array_equal(screened_items, indices)
+    np.testing.assert_array_equal(screened_scores, scores)
+
+
 def test_top_k_scores_validates_arguments():
     queries = np.ones((2, 3), np.float32)
     items = np.ones((4, 3), np.float32)

@@ -89,3 +89,34 @@ def test_sharded_top_k_equals_unsharded(graph, shard_size):
         user_vectors, item_vectors, users[:2], 8, candidate_items=np.array([1, 2]), item_shard_size=shard_size
     )
     assert (items[:, 2:] == -1).all() and np.isneginf(scores[:, 2:]).all()
+
+
+def test_csr_by_user_sorts_each_users_items():
+    rng = np.random.default_rng(5)
+    users, items = rng.integers(0, 30, 400), rng.integers(0, 1000, 400)
+    offsets, values = csr_by_user(Interactions(users, items), 32)  # users 30 and 31 have none
+    order = np.lexsort((items, users))
+    np.testing.assert_array_equal(offsets, np.searchsorted(users[order], np.arange(33)))
+    np.testing.assert_array_equal(values, items[order])
+    assert offsets.dtype == np.int64 and values.dtype == np.int32
+    offsets, values = csr_by_user(Interactions(np.zeros(0), np.zeros(0)), 3)
+    np.testing.assert_array_equal(offsets, [0, 0, 0, 0])
+    assert values.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["xla", "auto"])
+def test_top_k_chunking_does_not_change_the_lists(graph, backend):
+    """Chunks are evened out (30 users in chunks of 7 -> five of 6) and the native kernel takes
+    at least NATIVE_MIN_CHUNK users a call; the lists are those of one call for everyone."""
+    rng = np.random.default_rng(6)
+    user_vectors = rng.normal(size=(NUM_USERS, 5)).astype(np.float32)
+    item_vectors = rng.normal(size=(NUM_ITEMS, 5)).astype(np.float32)
+    users = rng.integers(0, NUM_USERS, 30)
+    one_call = top_k_items(user_vectors, item_vectors, users, 4, exclude=_exclusions(graph), backend=backend)
+    for chunk in (1, 7, 29):
+        chunked = top_k_items(
+            user_vectors, item_vectors, users, 4, exclude=_exclusions(graph), user_chunk_size=chunk, backend=backend
+        )
+        np.testing.assert_array_equal(chunked[0], one_call[0])
+        # XLA's matmul may round differently for another batch shape; the native kernel may not.
+        np.testing.assert_allclose(chunked[1], one_call[1], rtol=1e-6 if backend == "xla" else 0)

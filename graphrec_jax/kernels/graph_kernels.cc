@@ -12,6 +12,7 @@
 //   GraphrecCsrMatmulRows  y[i]  = the same for row rows[i] only
 //   GraphrecCsrScatterRows xbar  = transpose of CsrMatmulRows (the gradient w.r.t. x)
 //   GraphrecTopKScores     exact top-k of queries @ items.T + bias, minus excluded pairs
+//                          (screened in bfloat16 where the CPU has AVX512-BF16, same result)
 // and one plain C function for the host (ctypes):
 //   graphrec_sample_uniform  a uniform 1- or 2-hop neighbourhood subgraph (graph/subgraphs.py)
 
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -351,6 +353,36 @@ struct BlockState {
   float* threshold;
   int64_t k;
 
+  // Thresholds at -inf for the block's `count` queries (+inf for the padding lanes up to
+  // `padded`), and each query's output rows and excluded items: sorted, padded with -1 to whole
+  // vectors (see IsExcluded), held in `storage`.
+  void Prepare(const int32_t* exclude_offsets, const int32_t* exclude_items, int64_t first, int64_t count,
+               int64_t padded, int64_t k_, float* out_scores, int32_t* out_indices, std::vector<IntVec>* storage) {
+    k = k_;
+    threshold_vectors.resize(padded / kLanes);
+    threshold = reinterpret_cast<float*>(threshold_vectors.data());
+    std::fill(threshold, threshold + padded, kInf);
+    std::fill(threshold, threshold + count, -kInf);
+    std::vector<int64_t> excluded_start(count + 1, 0);
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t length = exclude_offsets[first + q + 1] - exclude_offsets[first + q];
+      excluded_start[q + 1] = excluded_start[q] + (length + kLanes - 1) / kLanes * kLanes;
+    }
+    storage->assign(excluded_start[count] / kLanes, IntVec{});
+    int32_t* excluded = reinterpret_cast<int32_t*>(storage->data());
+    std::fill(excluded, excluded + excluded_start[count], -1);
+    queries.resize(count);
+    for (int64_t q = 0; q < count; ++q) {
+      const int32_t* source = exclude_items + exclude_offsets[first + q];
+      int32_t* begin = excluded + excluded_start[q];
+      int32_t* end = std::copy(source, exclude_items + exclude_offsets[first + q + 1], begin);
+      std::sort(begin, end);
+      // Binary search needs the exact range; the vector scan reads the padding too.
+      if (end - begin <= kMaxScannedExclusions) end = excluded + excluded_start[q + 1];
+      queries[q] = QueryState{out_scores + (first + q) * k, out_indices + (first + q) * k, 0, begin, end};
+    }
+  }
+
   // Requires that this query's candidates arrive in increasing item order.
   void Offer(int64_t q, float score, int32_t item) {
     QueryState& state = queries[q];
@@ -442,30 +474,8 @@ void TopKBlock(const float* queries, const float* items, const float* bias, cons
   }
 
   BlockState block;
-  block.k = k;
-  block.threshold_vectors.resize(padded / kLanes);
-  block.threshold = reinterpret_cast<float*>(block.threshold_vectors.data());
-  std::fill(block.threshold, block.threshold + padded, kInf);
-  std::fill(block.threshold, block.threshold + count, -kInf);
-  // Each query's excluded items, sorted, padded with -1 to whole vectors (see IsExcluded).
-  std::vector<int64_t> excluded_start(count + 1, 0);
-  for (int64_t q = 0; q < count; ++q) {
-    const int64_t length = exclude_offsets[first + q + 1] - exclude_offsets[first + q];
-    excluded_start[q + 1] = excluded_start[q] + (length + kLanes - 1) / kLanes * kLanes;
-  }
-  std::vector<IntVec> excluded_storage(excluded_start[count] / kLanes);
-  int32_t* excluded = reinterpret_cast<int32_t*>(excluded_storage.data());
-  std::fill(excluded, excluded + excluded_start[count], -1);
-  block.queries.resize(count);
-  for (int64_t q = 0; q < count; ++q) {
-    const int32_t* source = exclude_items + exclude_offsets[first + q];
-    int32_t* begin = excluded + excluded_start[q];
-    int32_t* end = std::copy(source, exclude_items + exclude_offsets[first + q + 1], begin);
-    std::sort(begin, end);
-    // Binary search needs the exact range; the vector scan reads the padding too.
-    if (end - begin <= kMaxScannedExclusions) end = excluded + excluded_start[q + 1];
-    block.queries[q] = QueryState{out_scores + (first + q) * k, out_indices + (first + q) * k, 0, begin, end};
-  }
+  std::vector<IntVec> excluded_storage;
+  block.Prepare(exclude_offsets, exclude_items, first, count, padded, k, out_scores, out_indices, &excluded_storage);
 
   const int64_t tile_items =
       std::max<int64_t>(kItemsPerStep, kItemTileBytes / std::max<int64_t>(1, d * 4)) / kItemsPerStep *
@@ -489,6 +499,374 @@ void TopKBlock(const float* queries, const float* items, const float* bias, cons
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Screened top-k (AVX512-BF16): the same result as TopKBlock, bit for bit, at a fraction of the
+// arithmetic. Queries and items are rounded to bfloat16 and scored with `vdpbf16ps` (twice the
+// multiply-adds of an fp32 FMA per instruction). Each approximate score s~ comes with a bound
+// on its distance from the exact fp32 score s:
+//
+//   |s~ + b - fl(s + b)| <= c * (|u| |i| + |b|),   c = kScreenSlack
+//
+// (rounding both operands to 8 significant bits moves each product by at most 2^-7 + 2^-16 of
+// |u_k i_k|; the fp32 sums of s~ and of s add at most 66 * 2^-24 each; sum_k |u_k i_k| <=
+// |u| |i|; adding b rounds once more). Norms are rounded up and padded with kScreenFloor, and
+// every bias slack with it too, so the bound is strict and also covers flushed denormals.
+//
+// Per query the sweep keeps the k best lower bounds s~ + b - e of items not excluded; an item
+// whose upper bound s~ + b + e beats the k-th best lower bound so far is a candidate. An item
+// that never is one has s below the k-th best exact score, so it cannot be in the top k, not
+// even on a tie. Items are swept in decreasing order of norm (bucketed), so the bounds rise
+// fast, and a micro-tile stops once |u| |i| (1 + 2c) + max b, over the items left, cannot beat
+// any of its queries' bounds. The candidates that still beat the final k-th lower bound (about
+// k of them) are scored again with TopKBlock's arithmetic (one FMA chain over the features,
+// then + b) and offered to the exact selection in item order: scores, order and ties are
+// TopKBlock's. Calls with non-finite or huge inputs (norms of 1e18 or more, a bias that is NaN,
+// +inf or beyond 1e30) take the fp32 path; graphrec_set_top_k_screening(0) turns the screen off.
+// ---------------------------------------------------------------------------------------------
+
+std::atomic<int> g_top_k_screening{1};
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define GRAPHREC_TOP_K_SCREENING 1
+
+constexpr float kScreenSlack = 0.0080f;     // c above; the rigorous bound is 0.00784
+constexpr float kScreenReach = 1.02f;       // |s~ + e| <= kScreenReach * |u| |i| (1.016 needed)
+constexpr float kScreenFloor = 0x1p-100f;   // added to every norm and every bias slack
+constexpr float kScreenMaxNorm = 1e18f;     // above it, s~ could overflow where s does not
+constexpr int kScreenBuckets = 1024;        // norm buckets of the sweep order
+
+typedef __m512bh PairVec;
+
+// Norm of a row, rounded up past the fp32 sum's error, + floor; +inf when not finite.
+inline float ScreenNorm(const float* row, int64_t d) {
+  __m512 sum = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    const __m512 x = _mm512_loadu_ps(row + c);
+    sum = _mm512_fmadd_ps(x, x, sum);
+  }
+  float total = _mm512_reduce_add_ps(sum);
+  for (; c < d; ++c) total += row[c] * row[c];
+  if (!(total < kInf)) return kInf;  // NaN or overflow
+  return std::sqrt(total) * (1.0f + 1e-6f * static_cast<float>(d + 4)) + kScreenFloor;
+}
+
+// Features [2p, 2p + 32) of a row as 16 bfloat16 pairs (low half first), zero past the end;
+// round to nearest even, denormals to zero (covered by the floor).
+inline __m512i Bfloat16Pairs(const float* row, int64_t p, int64_t d) {
+  const int64_t c = 2 * p;
+  const int64_t left = std::max<int64_t>(0, std::min<int64_t>(32, d - c));
+  const __mmask16 low = static_cast<__mmask16>(left >= 16 ? 0xFFFF : (1u << left) - 1);
+  const __mmask16 high = static_cast<__mmask16>(left >= 32 ? 0xFFFF : left > 16 ? (1u << (left - 16)) - 1 : 0);
+  const __m512 a = _mm512_maskz_loadu_ps(low, row + c), b = _mm512_maskz_loadu_ps(high, row + c + 16);
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(b, a));  // a's values in the low half
+}
+
+// The items in the form the screen reads, built once per call, in sweep order.
+struct ScreenItems {
+  std::vector<Vec> storage;       // pairs: [n][num_pairs] bfloat16 pairs, 64-byte rows padded
+  uint32_t* pairs = nullptr;
+  int64_t num_pairs = 0, row_pairs = 0;
+  std::vector<int32_t> order;     // [n] sweep position -> item
+  std::vector<float> norm;        // [n] |i| in sweep order, rounded up, + floor
+  std::vector<float> reach;       // [n] max norm from this position on
+  std::vector<float> bias_slack;  // [n] c * |b| + floor
+  std::vector<float> bias_upper;  // [n] b + bias_slack (-inf stays -inf)
+  float max_bias_upper = -kInf;
+
+  // False when some input needs the fp32 path.
+  bool Build(const float* items, const float* bias, int64_t n, int64_t d) {
+    num_pairs = (d + 1) / 2;
+    row_pairs = (num_pairs + kLanes - 1) / kLanes * kLanes;
+    std::vector<float> item_norm(n);
+    float largest = 0.0f;
+    int usable = 1;
+#pragma omp parallel for schedule(static) num_threads(NumThreads()) reduction(&& : usable) reduction(max : largest)
+    for (int64_t j = 0; j < n; ++j) {
+      item_norm[j] = ScreenNorm(items + j * d, d);
+      const float b = bias[j];
+      if (!(item_norm[j] < kScreenMaxNorm) || !(std::fabs(b) < 1e30f || b == -kInf)) usable = 0;
+      largest = std::max(largest, item_norm[j]);
+    }
+    if (!usable) return false;
+    // A counting sort by norm bucket, largest first, item order within a bucket.
+    std::vector<int64_t> start(kScreenBuckets + 1, 0);
+    auto bucket = [&](float value) {
+      const int64_t index = static_cast<int64_t>(value / largest * (kScreenBuckets - 1));
+      return kScreenBuckets - 1 - std::clamp<int64_t>(index, 0, kScreenBuckets - 1);
+    };
+    for (int64_t j = 0; j < n; ++j) ++start[bucket(item_norm[j]) + 1];
+    for (int b = 0; b < kScreenBuckets; ++b) start[b + 1] += start[b];
+    order.resize(n);
+    for (int64_t j = 0; j < n; ++j) order[start[bucket(item_norm[j])]++] = static_cast<int32_t>(j);
+    storage.assign(static_cast<size_t>(n * row_pairs / kLanes), Vec{});
+    pairs = reinterpret_cast<uint32_t*>(storage.data());
+    norm.resize(n);
+    bias_slack.resize(n);
+    bias_upper.resize(n);
+#pragma omp parallel for schedule(static) num_threads(NumThreads())
+    for (int64_t position = 0; position < n; ++position) {
+      const int64_t j = order[position];
+      for (int64_t p = 0; p < num_pairs; p += kLanes) {
+        _mm512_store_si512(pairs + position * row_pairs + p, Bfloat16Pairs(items + j * d, p, d));
+      }
+      norm[position] = item_norm[j];
+      const float b = bias[j];
+      bias_slack[position] = b == -kInf ? 0.0f : kScreenSlack * std::fabs(b) + kScreenFloor;
+      bias_upper[position] = b == -kInf ? -kInf : b + bias_slack[position];
+    }
+    reach.resize(n);
+    float running = 0.0f;
+    for (int64_t position = n - 1; position >= 0; --position) {
+      running = std::max(running, norm[position]);
+      reach[position] = running;
+      max_bias_upper = std::max(max_bias_upper, bias_upper[position]);
+    }
+    return true;
+  }
+};
+
+// One query's screen: the k best lower bounds so far (descending) and its candidates (items,
+// with their upper bounds).
+struct ScreenState {
+  std::vector<float> lower;
+  std::vector<std::pair<int32_t, float>> candidates;
+};
+
+struct ScreenBlock {
+  BlockState* exact;                      // exclusions, outputs, and the exact selection at the end
+  std::vector<ScreenState> queries;
+  std::vector<Vec> query_slack_vectors;   // [padded / kLanes], read a vector at a time
+  float* query_slack;                     // the same as floats: c * |u| per query, 0 in padding
+  std::vector<Vec> query_reach_vectors;   // kScreenReach * |u| per query, 0 in padding
+  float* threshold;                       // the k-th best lower bound per lane (exact->threshold)
+  const ScreenItems* items;
+  int64_t k;
+  int64_t offers = 0;
+
+  void Offer(int64_t q, float upper, int64_t position) {
+    ++offers;
+    const int32_t item = items->order[position];
+    const QueryState& query = exact->queries[q];
+    if (IsExcluded(query.excluded_begin, query.excluded_end, item)) return;
+    ScreenState& state = queries[q];
+    state.candidates.emplace_back(item, upper);
+    const float slack = query_slack[q] * items->norm[position] + items->bias_slack[position];
+    const float lower = upper - 2.0f * slack;
+    std::vector<float>& best = state.lower;
+    if (static_cast<int64_t>(best.size()) == k && !(lower > best[k - 1])) return;
+    if (static_cast<int64_t>(best.size()) < k) best.push_back(lower);
+    int64_t slot = static_cast<int64_t>(best.size()) - 1;
+    for (; slot > 0 && best[slot - 1] < lower; --slot) best[slot] = best[slot - 1];
+    best[slot] = lower;
+    if (static_cast<int64_t>(best.size()) == k) threshold[q] = best[k - 1];
+  }
+};
+
+template <int NumItems>
+__attribute__((noinline)) void OfferScreened(const Vec (&upper)[kQueryVectors][NumItems], int64_t position,
+                                             int64_t first_query, ScreenBlock& block) {
+  Vec threshold[kQueryVectors];
+  std::memcpy(threshold, block.threshold + first_query, sizeof(threshold));
+  for (int i = 0; i < NumItems; ++i) {
+    for (int v = 0; v < kQueryVectors; ++v) {
+      for (uint32_t mask = LanesGreater(upper[v][i], threshold[v]); mask != 0; mask &= mask - 1) {
+        const int lane = __builtin_ctz(mask);
+        block.Offer(first_query + v * kLanes + lane, upper[v][i][lane], position + i);
+      }
+    }
+  }
+}
+
+// True when no item from sweep position `position` on can be a candidate of the micro-tile.
+inline bool ScreenExhausted(const ScreenBlock& block, int64_t position, int64_t first_query) {
+  const __m512 reach = _mm512_set1_ps(block.items->reach[position]);
+  const __m512 bias = _mm512_set1_ps(block.items->max_bias_upper);
+  uint32_t open = 0;
+  for (int v = 0; v < kQueryVectors; ++v) {
+    const __m512 query_reach = reinterpret_cast<__m512>(block.query_reach_vectors[first_query / kLanes + v]);
+    const __m512 best = _mm512_fmadd_ps(query_reach, reach, bias);
+    open |= _mm512_cmp_ps_mask(best, _mm512_loadu_ps(block.threshold + first_query + v * kLanes), _CMP_GT_OQ);
+  }
+  return open == 0;
+}
+
+// Upper bounds of kMicroQueries queries (their bfloat16 panel, [pairs][kQueryVectors]) against
+// NumItems consecutive sweep positions; candidates go to the slow path.
+template <int P, int NumItems>
+inline void ScreenTile(const PairVec* panel, const Vec* query_slack, const ScreenItems& items,
+                       int64_t pairs_runtime, int64_t position, int64_t first_query, ScreenBlock& block) {
+  const int64_t pairs = P > 0 ? P : pairs_runtime;
+  const uint32_t* rows = items.pairs + position * items.row_pairs;
+  // Plain __m512 accumulators: with the may_alias Vec type GCC stores every update to memory.
+  __m512 acc[kQueryVectors][NumItems];
+#pragma GCC unroll 16
+  for (int v = 0; v < kQueryVectors; ++v) {
+#pragma GCC unroll 16
+    for (int i = 0; i < NumItems; ++i) acc[v][i] = _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    const PairVec* q = panel + p * kQueryVectors;
+#pragma GCC unroll 16
+    for (int i = 0; i < NumItems; ++i) {
+      const uint32_t pair = rows[i * items.row_pairs + p];
+      const PairVec x = reinterpret_cast<PairVec>(_mm512_set1_epi32(static_cast<int>(pair)));
+#pragma GCC unroll 16
+      for (int v = 0; v < kQueryVectors; ++v) acc[v][i] = _mm512_dpbf16_ps(acc[v][i], q[v], x);
+    }
+  }
+  const __m512* threshold = reinterpret_cast<const __m512*>(block.threshold + first_query);
+  uint32_t any = 0;
+#pragma GCC unroll 16
+  for (int i = 0; i < NumItems; ++i) {
+    const __m512 b = _mm512_set1_ps(items.bias_upper[position + i]);
+    const __m512 norm = _mm512_set1_ps(items.norm[position + i]);
+#pragma GCC unroll 16
+    for (int v = 0; v < kQueryVectors; ++v) {
+      acc[v][i] = _mm512_fmadd_ps(reinterpret_cast<__m512>(query_slack[v]), norm, _mm512_add_ps(acc[v][i], b));
+      any |= _mm512_cmp_ps_mask(acc[v][i], threshold[v], _CMP_GT_OQ);
+    }
+  }
+  if (any != 0) {
+    Vec upper[kQueryVectors][NumItems];
+    std::memcpy(upper, acc, sizeof(upper));
+    OfferScreened<NumItems>(upper, position, first_query, block);
+  }
+}
+
+// TopKBlock's arithmetic for a few (query, item) pairs: one FMA chain over the features, + b.
+template <int D>
+void ExactScores(const float* query, const float* items, const float* bias, int64_t d_runtime,
+                 const int32_t* candidates, int64_t count, float* scores) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  constexpr int kChains = 8;  // independent chains in flight hide the FMA latency
+  for (int64_t first = 0; first < count; first += kChains) {
+    const int64_t chains = std::min<int64_t>(kChains, count - first);
+    const float* rows[kChains];
+    float acc[kChains] = {};
+    for (int64_t c = 0; c < chains; ++c) rows[c] = items + static_cast<int64_t>(candidates[first + c]) * d;
+    for (int64_t c = chains; c < kChains; ++c) rows[c] = rows[0];
+    for (int64_t f = 0; f < d; ++f) {
+#pragma GCC unroll 8
+      for (int c = 0; c < kChains; ++c) acc[c] = std::fma(query[f], rows[c][f], acc[c]);
+    }
+    for (int64_t c = 0; c < chains; ++c) scores[first + c] = acc[c] + bias[candidates[first + c]];
+  }
+}
+
+// TopKBlock's result through the bfloat16 screen; false when the block's queries need the fp32
+// path (a query that is zero, not finite or huge; near-ties in bulk): then nothing is written.
+template <int D>
+bool TopKBlockScreened(const float* queries, const float* items, const float* bias, const ScreenItems& screen,
+                       const int32_t* exclude_offsets, const int32_t* exclude_items, int64_t first,
+                       int64_t count, int64_t n, int64_t d_runtime, int64_t k, float* out_scores,
+                       int32_t* out_indices) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  constexpr int P = D > 0 ? (D + 1) / 2 : 0;
+  const int64_t pairs = screen.num_pairs;
+  const int64_t padded = (count + kMicroQueries - 1) / kMicroQueries * kMicroQueries;
+
+  ScreenBlock block;
+  block.query_slack_vectors.assign(padded / kLanes, Vec{});
+  block.query_slack = reinterpret_cast<float*>(block.query_slack_vectors.data());
+  block.query_reach_vectors.assign(padded / kLanes, Vec{});
+  float* query_reach = reinterpret_cast<float*>(block.query_reach_vectors.data());
+  for (int64_t q = 0; q < count; ++q) {
+    const float norm = ScreenNorm(queries + (first + q) * d, d);
+    // A zero query ties every item (its scores are the biases): the screen cannot separate
+    // ties, so every item would be a candidate.
+    if (!(norm < kScreenMaxNorm) || norm == kScreenFloor) return false;
+    block.query_slack[q] = kScreenSlack * norm;
+    query_reach[q] = kScreenReach * norm;
+  }
+  // bfloat16 panels, [micro-tile][pairs][kQueryVectors] vectors of kLanes pairs.
+  std::vector<Vec> panel(static_cast<size_t>(padded / kMicroQueries * pairs * kQueryVectors));
+  uint32_t* panel_pairs = reinterpret_cast<uint32_t*>(panel.data());
+  for (int64_t q = 0; q < count; ++q) {
+    uint32_t* lane = panel_pairs + (q / kMicroQueries) * pairs * kMicroQueries + q % kMicroQueries;
+    alignas(64) uint32_t row[kLanes];
+    for (int64_t p = 0; p < pairs; p += kLanes) {
+      _mm512_store_si512(row, Bfloat16Pairs(queries + (first + q) * d, p, d));
+      for (int64_t l = 0; l < kLanes && p + l < pairs; ++l) lane[(p + l) * kMicroQueries] = row[l];
+    }
+  }
+
+  BlockState exact;
+  std::vector<IntVec> excluded_storage;
+  exact.Prepare(exclude_offsets, exclude_items, first, count, padded, k, out_scores, out_indices, &excluded_storage);
+  block.exact = &exact;
+  block.threshold = exact.threshold;  // lower bounds during the sweep
+  block.items = &screen;
+  block.k = k;
+  block.queries.resize(count);
+  for (ScreenState& state : block.queries) {
+    state.lower.reserve(k);
+    state.candidates.reserve(2 * k + 32);
+  }
+
+  const int64_t tile_items =
+      std::max<int64_t>(kItemsPerStep, kItemTileBytes / std::max<int64_t>(1, screen.row_pairs * 4)) /
+      kItemsPerStep * kItemsPerStep;
+  std::vector<char> exhausted(padded / kMicroQueries, 0);
+  // An offer costs about as much as screening a hundred items: past this many (near-ties in
+  // bulk), the fp32 path is cheaper, and the block starts again there.
+  const int64_t offer_budget = count * (n / 128 + 8 * k + 64);
+  for (int64_t tile = 0; tile < n; tile += tile_items) {
+    const int64_t tile_end = std::min(n, tile + tile_items);
+    for (int64_t micro = 0; micro < padded; micro += kMicroQueries) {
+      if (block.offers > offer_budget) return false;
+      char& done = exhausted[micro / kMicroQueries];
+      if (done) continue;
+      const PairVec* micro_panel =
+          reinterpret_cast<const PairVec*>(panel.data() + (micro / kMicroQueries) * pairs * kQueryVectors);
+      const Vec* slack = block.query_slack_vectors.data() + micro / kLanes;
+      int64_t position = tile;
+      for (; position + kItemsPerStep <= tile_end; position += kItemsPerStep) {
+        if (ScreenExhausted(block, position, micro)) {
+          done = 1;
+          break;
+        }
+        ScreenTile<P, kItemsPerStep>(micro_panel, slack, screen, pairs, position, micro, block);
+      }
+      if (done) continue;
+      for (; position < tile_end; ++position) {
+        ScreenTile<P, 1>(micro_panel, slack, screen, pairs, position, micro, block);
+      }
+    }
+  }
+
+  // The exact selection over the surviving candidates, in item order.
+  std::fill(exact.threshold, exact.threshold + count, -kInf);
+  std::vector<int32_t> survivors;
+  std::vector<float> scores;
+  for (int64_t q = 0; q < count; ++q) {
+    const ScreenState& state = block.queries[q];
+    const float bound = static_cast<int64_t>(state.lower.size()) == k ? state.lower[k - 1] : -kInf;
+    survivors.clear();
+    for (const auto& [item, upper] : state.candidates) {
+      if (upper > bound) survivors.push_back(item);
+    }
+    std::sort(survivors.begin(), survivors.end());
+    scores.resize(survivors.size());
+    ExactScores<D>(queries + (first + q) * d, items, bias, d, survivors.data(),
+                   static_cast<int64_t>(survivors.size()), scores.data());
+    QueryState& query = exact.queries[q];
+    for (size_t c = 0; c < survivors.size(); ++c) {
+      const float score = scores[c];
+      // TopKBlock's test before an offer: above -inf while filling, above the k-th once full.
+      if (query.size == k ? !(score > query.scores[k - 1]) : !(score > -kInf)) continue;
+      exact.Offer(q, score, survivors[c]);
+    }
+  }
+  for (const QueryState& state : exact.queries) {
+    std::fill(state.scores + state.size, state.scores + k, -kInf);
+    std::fill(state.items + state.size, state.items + k, -1);
+  }
+  return true;
+}
+#endif  // AVX512-BF16
+
+
 ffi::Error TopKScoresImpl(ffi::BufferR2<ffi::F32> queries, ffi::BufferR2<ffi::F32> items,
                           ffi::BufferR1<ffi::F32> item_bias, ffi::BufferR1<ffi::S32> exclude_offsets,
                           ffi::BufferR1<ffi::S32> exclude_items, int64_t k,
@@ -507,13 +885,26 @@ ffi::Error TopKScoresImpl(ffi::BufferR2<ffi::F32> queries, ffi::BufferR2<ffi::F3
   const int64_t block_queries = std::clamp<int64_t>(
       (per_thread + kMicroQueries - 1) / kMicroQueries * kMicroQueries, kMicroQueries, kMaxBlockQueries);
   const int64_t num_blocks = (b + block_queries - 1) / block_queries;
+#if defined(GRAPHREC_TOP_K_SCREENING)
+  // The screen pays for building its item table once the call scores enough queries.
+  ScreenItems screen;
+  const bool screened = g_top_k_screening.load(std::memory_order_relaxed) != 0 && b >= kMicroQueries &&
+                        screen.Build(items.typed_data(), item_bias.typed_data(), n, d);
+#endif
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
   for (int64_t block = 0; block < num_blocks; ++block) {
     const int64_t first = block * block_queries, count = std::min(block_queries, b - first);
     auto run = [&](auto width) {
-      TopKBlock<decltype(width)::value>(queries.typed_data(), items.typed_data(), item_bias.typed_data(),
-                                        exclude_offsets.typed_data(), exclude_items.typed_data(), first,
-                                        count, n, d, k, scores->typed_data(), indices->typed_data());
+      constexpr int D = decltype(width)::value;
+#if defined(GRAPHREC_TOP_K_SCREENING)
+      if (screened && TopKBlockScreened<D>(queries.typed_data(), items.typed_data(), item_bias.typed_data(),
+                                           screen, exclude_offsets.typed_data(), exclude_items.typed_data(),
+                                           first, count, n, d, k, scores->typed_data(), indices->typed_data())) {
+        return;
+      }
+#endif
+      TopKBlock<D>(queries.typed_data(), items.typed_data(), item_bias.typed_data(), exclude_offsets.typed_data(),
+                   exclude_items.typed_data(), first, count, n, d, k, scores->typed_data(), indices->typed_data());
     };
     if (d == 64) {
       run(std::integral_constant<int, 64>{});
@@ -728,6 +1119,21 @@ extern "C" int graphrec_sample_uniform(const int64_t* offsets, const int32_t* ne
   sizes[1] = n0 + n1 + n2;
   sizes[2] = edge;
   return 0;
+}
+
+// 1 (the default): top-k calls screen with bfloat16 scores where the CPU has AVX512-BF16;
+// 0: always the fp32 path. The results are the same; this exists to compare the two.
+extern "C" void graphrec_set_top_k_screening(int enabled) {
+  g_top_k_screening.store(enabled, std::memory_order_relaxed);
+}
+
+// 1 when this build has the bfloat16 screen (the CPU has AVX512-BF16).
+extern "C" int graphrec_top_k_screening_built() {
+#if defined(GRAPHREC_TOP_K_SCREENING)
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 extern "C" void graphrec_set_num_threads(int num_threads) {

@@ -298,3 +298,30 @@ def set_num_threads(num_threads: int, library: ctypes.CDLL | None = None) -> Non
         return
     library.graphrec_set_num_threads.argtypes = [ctypes.c_int]
     library.graphrec_set_num_threads(int(num_threads))
+
+
+def top_k_screening_built() -> bool:
+    """True when the native top-k has its bfloat16 screen (built for a CPU with AVX512-BF16).
+
+    The screen scores in bfloat16, keeps every item whose bounded error could reach the top k,
+    and scores those again in fp32: the results equal the fp32 kernel's, at about half the
+    arithmetic (`graph_kernels.cc`, "Screened top-k").
+    """
+    library = load()
+    if library is None:
+        return False
+    library.graphrec_top_k_screening_built.restype = ctypes.c_int
+    return bool(library.graphrec_top_k_screening_built())
+
+
+def set_top_k_screening(enabled: bool) -> None:
+    """Whether native top-k calls use the bfloat16 screen where built (the default: on).
+
+    The results are the same either way; turning it off measures or checks the fp32 path. Not
+    jittable (a host-side setting); takes effect for already compiled functions too.
+    """
+    library = load()
+    if library is None:
+        return
+    library.graphrec_set_top_k_screening.argtypes = [ctypes.c_int]
+    library.graphrec_set_top_k_screening(int(bool(enabled)))

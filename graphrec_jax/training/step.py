@@ -81,7 +81,11 @@ def make_train_step(
         raise ValueError("align_weight > 0 needs a model built with text_alignment=True (its align_projection)")
 
     def across_devices(reduce, value):
-        return value if axis_name is None else reduce(value, axis_name)
+        # Over one device a reduction is the identity, but XLA still emits the all-reduce, and
+        # on CPU it copies its operand: for Gowalla's 18 MB gradient about 7 ms of a 48 ms step.
+        if axis_name is None or jax.lax.axis_size(axis_name) == 1:
+            return value
+        return reduce(value, axis_name)
 
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
         mask = batch.mask
