@@ -48,6 +48,30 @@ def test_draws_follow_the_host_samplers_distribution(table):
     assert set(np.flatnonzero(lacking)) <= set(range(30, 40)) and lacking[30:].min() > 0
 
 
+def test_redraws_stop_early_with_the_draws_of_every_round(table):
+    """The redraw loop ends at the first round with no clash; all rounds, run to the end as a
+    fixed count, give the same negatives and mask (later rounds change nothing)."""
+    from graphrec_jax.training.device_sampling import REDRAW_ROUNDS, _holds
+
+    table, _ = table
+    table = jax.tree.map(jax.numpy.asarray, table)
+    key = jax.random.PRNGKey(3)
+    users, positives, negatives, mask = sample_global_batch(table, key, 512, 4, 500)
+    _, _, negative_key = jax.random.split(key, 3)
+
+    def draw(k):
+        return table.pool[jax.random.randint(k, (512, 4), 0, table.pool.shape[0])]
+
+    every_round = draw(negative_key)
+    for round_index in range(REDRAW_ROUNDS):
+        clash = _holds(table, users[:, None], every_round)
+        every_round = np.where(clash, draw(jax.random.fold_in(negative_key, round_index + 1)), every_round)
+    clean = ~np.asarray(_holds(table, users[:, None], every_round)).any(axis=1)
+    np.testing.assert_array_equal(negatives, every_round)
+    np.testing.assert_array_equal(mask, (np.arange(512) < 500) & clean)
+    assert np.asarray(_holds(table, users[:, None], draw(negative_key))).any()  # there were redraws
+
+
 def test_blocks_cover_an_epoch_from_any_batch():
     assert blocks(0, 10, 4) == [(0, 4), (4, 4), (8, 2)]
     assert blocks(3, 10, 4) == [(3, 4), (7, 3)]

@@ -54,6 +54,35 @@ def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embedd
     np.testing.assert_allclose(jax.grad(restricted)(x), jax.grad(full)(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_gradient_on_a_graph_with_directed_social_links_and_item_links(tiny_interactions, backend):
+    """The restricted propagation's own backward pass (each layer's transpose, the rows'
+    cotangent added in place) on a graph whose social block is not symmetric."""
+    num_users, num_items, users, items = tiny_interactions
+    graph = build_interaction_graph(
+        num_users,
+        num_items,
+        users,
+        items,
+        social=(np.array([0, 1, 2, 5]), np.array([1, 2, 0, 3])),  # one direction only
+        social_weight=0.5,
+        item_links=(np.array([0, 1]), np.array([1, 0]), np.array([0.3, 0.3], np.float32)),
+    )
+    x = np.random.default_rng(3).normal(size=(int(graph.n_node[0]), 8)).astype(np.float32)
+    rows = jnp.array([0, 2, 2, num_users + 1, 5], jnp.int32)
+    weights = jnp.asarray(np.random.default_rng(4).normal(size=(len(rows), 8)).astype(np.float32))
+
+    def full(e):
+        return jnp.sum(lightgcn_propagate(graph, e, 3, backend=backend)[rows] * weights)
+
+    def restricted(e):
+        return jnp.sum(lightgcn_propagate(graph, e, 3, rows=rows, backend=backend) * weights)
+
+    np.testing.assert_allclose(restricted(x), full(x), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(restricted)(x), jax.grad(full)(x), atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(restricted))(x), jax.grad(full)(x), atol=1e-5)
+
+
 def test_gcn_layer_is_relu_of_aggregated_linear_map(graph_and_embeddings):
     graph, x = graph_and_embeddings
     layer = GCNLayer(features=4)

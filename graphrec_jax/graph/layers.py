@@ -10,6 +10,7 @@ argument is one of `kernels.BACKENDS`: "xla" (XLA's segment sum, what GPUs and T
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -132,15 +133,54 @@ def lightgcn_propagate(
         return total / (num_layers + 1)
     if num_layers == 0:
         return embeddings[rows]
-    # Sum the full layers first and gather once: each gather's gradient is a scatter into a
-    # [n_node, d] buffer, so one gather instead of L keeps the backward pass lean.
-    partial = embeddings
-    current = embeddings
+    if gathers_full_product(rows, embeddings.shape[0]):
+        # Small graphs: the full propagation, gathered once (one scatter in the gradient).
+        partial = embeddings
+        current = embeddings
+        for _ in range(num_layers - 1):
+            current = aggregate(graph, current, backend=backend)
+            partial = partial + current
+        last = aggregate_rows(graph, current, rows, backend=backend)
+        return (partial[rows] + last) / (num_layers + 1)
+    return _propagate_rows(embeddings, graph, rows, num_layers, backend)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _propagate_rows(embeddings, graph, rows, num_layers, backend):
+    """`lightgcn_propagate(graph, embeddings, num_layers)[rows]`, the last layer for the rows alone."""
+    return _propagate_rows_forward(embeddings, graph, rows, num_layers, backend)[0]
+
+
+def _propagate_rows_forward(embeddings, graph, rows, num_layers, backend):
+    # Each layer's transpose is kept as the vjp of its product (the CSR arrays only: the
+    # propagation is linear), so the backward pass needs no forward values.
+    layers, transposes = [embeddings], []
     for _ in range(num_layers - 1):
-        current = aggregate(graph, current, backend=backend)
-        partial = partial + current
-    last = aggregate_rows(graph, current, rows, backend=backend)
-    return (partial[rows] + last) / (num_layers + 1)
+        current, transpose = jax.vjp(lambda x: aggregate(graph, x, backend=backend), layers[-1])
+        layers.append(current)
+        transposes.append(transpose)
+    last, last_transpose = jax.vjp(lambda x: aggregate_rows(graph, x, rows, backend=backend), layers[-1])
+    total = last
+    for layer in layers:
+        total = total + gather_rows(layer, rows, backend=backend)
+    return total / (num_layers + 1), (transposes, last_transpose, rows)
+
+
+def _propagate_rows_backward(num_layers, backend, residuals, cotangent):
+    # Every layer's rows receive the output's cotangent directly; added in place into each
+    # transposed product, it never becomes a dense [n_node, d] array of its own (which XLA
+    # would zero, scatter into and add to every layer's gradient).
+    transposes, last_transpose, rows = residuals
+    share = cotangent / (num_layers + 1)
+    (gradient,) = last_transpose(share)
+    gradient = gradient.at[rows].add(share)
+    for transpose in reversed(transposes):
+        (gradient,) = transpose(gradient)
+        gradient = gradient.at[rows].add(share)
+    return gradient, None, None
+
+
+_propagate_rows.defvjp(_propagate_rows_forward, _propagate_rows_backward)
 
 
 class GCNLayer(nn.Module):

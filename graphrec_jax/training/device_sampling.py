@@ -9,8 +9,9 @@ what decides step time on small graphs and on accelerators.
 The draws follow the host sampler's distribution (`batches.TripleSampler`): one triple per
 training interaction per epoch, the user uniform over users with items, the positive uniform
 over that user's items, each negative uniform over the negative pool and redrawn while it is
-one of the user's items (a fixed number of rounds; a row still holding a positive after them is
-masked out, which on a sparse graph practically never happens). Batch `b` of epoch `e` draws
+one of the user's items (up to a fixed number of rounds, stopping at the first with nothing to
+redraw; a row still holding a positive after them is masked out, which on a sparse graph
+practically never happens). Batch `b` of epoch `e` draws
 from a key folded from (seed, e, b) alone, so every device count and every resumed run draws
 the same global batches. Not the host sampler's exact triples: a run with K > 1 is its own
 deterministic run.
@@ -97,13 +98,22 @@ def sample_global_batch(
     def draw(key):
         return table.pool[jax.random.randint(key, (batch_size, num_negatives), 0, table.pool.shape[0])]
 
-    def redraw(round_index, negatives):
-        clash = _holds(table, users[:, None], negatives)
-        return jnp.where(clash, draw(jax.random.fold_in(negative_key, round_index + 1)), negatives)
+    # Round r redraws the negatives that are positives with a key of its own. The loop stops
+    # at the first round with nothing to redraw (on a sparse graph, after one or two): the
+    # later rounds of a fixed count would change nothing, so the draws are the same.
+    def pending(carry):
+        round_index, _, clash = carry
+        return (round_index < REDRAW_ROUNDS) & jnp.any(clash)
 
-    negatives = jax.lax.fori_loop(0, REDRAW_ROUNDS, redraw, draw(negative_key))
-    clean = ~jnp.any(_holds(table, users[:, None], negatives), axis=1)
-    mask = (jnp.arange(batch_size) < real) & clean
+    def redraw(carry):
+        round_index, negatives, clash = carry
+        negatives = jnp.where(clash, draw(jax.random.fold_in(negative_key, round_index + 1)), negatives)
+        return round_index + 1, negatives, _holds(table, users[:, None], negatives)
+
+    negatives = draw(negative_key)
+    start = (jnp.int32(0), negatives, _holds(table, users[:, None], negatives))
+    _, negatives, clash = jax.lax.while_loop(pending, redraw, start)
+    mask = (jnp.arange(batch_size) < real) & ~jnp.any(clash, axis=1)
     return users, positives, negatives, mask
 
 
