@@ -108,6 +108,13 @@ bool SpmmRows(const int32_t* offsets, const int32_t* neighbors, const float* wei
     const int64_t r = rows != nullptr ? rows[i] : i;
     const int32_t begin = offsets[r], end = offsets[r + 1];
     const int32_t prefetch_end = rows != nullptr ? end : all_rows_end;
+    if (rows != nullptr && i + 2 < n_out) {
+      // Selected rows sit anywhere in the CSR: fetch the neighbour lists two rows ahead.
+      const int32_t ahead = offsets[rows[i + 2]];
+      __builtin_prefetch(neighbors + ahead);
+      __builtin_prefetch(weights + ahead);
+      __builtin_prefetch(offsets + rows[i + 3 < n_out ? i + 3 : i + 2]);
+    }
     float* out = y + i * d;
     float local[D > 0 ? D : 1];
     float* acc = D > 0 ? local : out;  // runtime width: accumulate in place (the row is in L1)
@@ -204,6 +211,12 @@ bool ScatterRows(const int32_t* offsets, const int32_t* neighbors, const float* 
     const int64_t first = n_cols * thread / num_threads, last = n_cols * (thread + 1) / num_threads;
     std::memset(xbar + first * d, 0, (last - first) * row_bytes);
     for (int64_t i = 0; i < n_out; ++i) {
+      if (i + 2 < n_out) {  // the neighbour lists two rows ahead, as in SpmmRows
+        const int32_t ahead = offsets[rows[i + 2]];
+        __builtin_prefetch(neighbors + ahead);
+        __builtin_prefetch(weights + ahead);
+        __builtin_prefetch(offsets + rows[i + 3 < n_out ? i + 3 : i + 2]);
+      }
       const float* g = ybar + i * d;
       const int32_t begin = offsets[rows[i]], end = offsets[rows[i] + 1];
       for (int32_t j = begin; j < end; ++j) {
