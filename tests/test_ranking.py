@@ -120,3 +120,5 @@ def test_top_k_chunking_does_not_change_the_lists(graph, backend):
         np.testing.assert_array_equal(chunked[0], one_call[0])
         # XLA's matmul may round differently for another batch shape; the native kernel may not.
         np.testing.assert_allclose(chunked[1], one_call[1], rtol=1e-6 if backend == "xla" else 0)
+    nobody = top_k_items(user_vectors, item_vectors, np.zeros(0, np.int64), 4, backend=backend)
+    assert nobody[0].shape == (0, 4) and nobody[1].shape == (0, 4)

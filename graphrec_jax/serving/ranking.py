@@ -148,7 +148,7 @@ def top_k_items(
 
     users = np.asarray(users, np.int64)
     chunk = max(1, min(_chunk_floor(user_chunk_size, backend), len(users)))
-    chunk = -(-len(users) // max(1, -(-len(users) // chunk)))  # equal chunks: little padding
+    chunk = max(1, -(-len(users) // max(1, -(-len(users) // chunk))))  # equal chunks: little padding
     starts = range(0, len(users), chunk)
     exclusions = [
         csr_rows(exclude, users[first : first + chunk], chunk)

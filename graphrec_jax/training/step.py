@@ -82,7 +82,7 @@ def make_train_step(
 
     def across_devices(reduce, value):
         # Over one device a reduction is the identity, but XLA still emits the all-reduce, and
-        # on CPU it copies its operand: for Gowalla's 18 MB gradient about 7 ms of a 48 ms step.
+        # on CPU it copies its operand (Gowalla's 18 MB gradient: 7.7 ms in a profiled step).
         if axis_name is None or jax.lax.axis_size(axis_name) == 1:
             return value
         return reduce(value, axis_name)
