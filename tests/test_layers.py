@@ -35,14 +35,10 @@ def test_lightgcn_is_mean_of_layer_powers(graph_and_embeddings, backend):
     np.testing.assert_allclose(result, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("many_rows", [False, True])  # True: more rows than nodes (the gathered full product)
-def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embeddings, backend, many_rows):
-    graph, x = graph_and_embeddings
-    rows = jnp.array([0, 3, 3, 15, 20], jnp.int32)
-    if many_rows:
-        rows = jnp.asarray(np.random.default_rng(2).integers(0, len(x), 3 * len(x)).astype(np.int32))
-    weights = jnp.asarray(np.random.default_rng(1).normal(size=(len(rows), 8)).astype(np.float32))
+def assert_rows_match_full_propagation(graph, x, rows, backend, seed):
+    """`lightgcn_propagate(..., rows=rows)` equals the full propagation's rows, and so does its
+    gradient (eager and jitted) under a random weighting of the rows."""
+    weights = jnp.asarray(np.random.default_rng(seed).normal(size=(len(rows), x.shape[1])).astype(np.float32))
 
     def full(e):
         return jnp.sum(lightgcn_propagate(graph, e, 3, backend=backend)[rows] * weights)
@@ -52,6 +48,17 @@ def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embedd
 
     np.testing.assert_allclose(restricted(x), full(x), rtol=1e-5)
     np.testing.assert_allclose(jax.grad(restricted)(x), jax.grad(full)(x), atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(restricted))(x), jax.grad(full)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("many_rows", [False, True])  # True: more rows than nodes (the gathered full product)
+def test_rows_variant_matches_full_propagation_and_its_gradient(graph_and_embeddings, backend, many_rows):
+    graph, x = graph_and_embeddings
+    rows = jnp.array([0, 3, 3, 15, 20], jnp.int32)
+    if many_rows:
+        rows = jnp.asarray(np.random.default_rng(2).integers(0, len(x), 3 * len(x)).astype(np.int32))
+    assert_rows_match_full_propagation(graph, x, rows, backend, seed=1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -70,17 +77,7 @@ def test_rows_gradient_on_a_graph_with_directed_social_links_and_item_links(tiny
     )
     x = np.random.default_rng(3).normal(size=(int(graph.n_node[0]), 8)).astype(np.float32)
     rows = jnp.array([0, 2, 2, num_users + 1, 5], jnp.int32)
-    weights = jnp.asarray(np.random.default_rng(4).normal(size=(len(rows), 8)).astype(np.float32))
-
-    def full(e):
-        return jnp.sum(lightgcn_propagate(graph, e, 3, backend=backend)[rows] * weights)
-
-    def restricted(e):
-        return jnp.sum(lightgcn_propagate(graph, e, 3, rows=rows, backend=backend) * weights)
-
-    np.testing.assert_allclose(restricted(x), full(x), rtol=1e-5)
-    np.testing.assert_allclose(jax.grad(restricted)(x), jax.grad(full)(x), atol=1e-5)
-    np.testing.assert_allclose(jax.jit(jax.grad(restricted))(x), jax.grad(full)(x), atol=1e-5)
+    assert_rows_match_full_propagation(graph, x, rows, backend, seed=4)
 
 
 def test_gcn_layer_is_relu_of_aggregated_linear_map(graph_and_embeddings):

@@ -135,13 +135,7 @@ def lightgcn_propagate(
         return embeddings[rows]
     if gathers_full_product(rows, embeddings.shape[0]):
         # Small graphs: the full propagation, gathered once (one scatter in the gradient).
-        partial = embeddings
-        current = embeddings
-        for _ in range(num_layers - 1):
-            current = aggregate(graph, current, backend=backend)
-            partial = partial + current
-        last = aggregate_rows(graph, current, rows, backend=backend)
-        return (partial[rows] + last) / (num_layers + 1)
+        return gather_rows(lightgcn_propagate(graph, embeddings, num_layers, backend=backend), rows, backend=backend)
     return _propagate_rows(embeddings, graph, rows, num_layers, backend)
 
 

@@ -397,7 +397,8 @@ struct BlockState {
   }
 
   // Requires that this query's candidates arrive in increasing item order.
-  void Offer(int64_t q, float score, int32_t item) {
+  void Offer(int64_t q, float score, int64_t item_index) {
+    const int32_t item = static_cast<int32_t>(item_index);
     QueryState& state = queries[q];
     if (state.size == k && !(score > state.scores[k - 1])) return;  // a stale threshold lane
     if (IsExcluded(state.excluded_begin, state.excluded_end, item)) return;
@@ -414,20 +415,22 @@ struct BlockState {
 };
 
 // The slow path of a micro-tile, taken when some score beats its query's threshold: offers
-// those (query, item) pairs, item by item. Out of line, so that the fast path stays small and
-// keeps its accumulators in registers. The thresholds are read once: Offer raises them lane by
-// lane, and reloading a vector just written as floats would stall on store forwarding; a
-// stale (lower) threshold only lets through a pair that Offer then rejects.
-template <int NumItems>
+// those (query, item) pairs, item by item, to `block` (BlockState here; the bfloat16 screen's
+// ScreenBlock below, with upper bounds for scores and sweep positions for items). Out of line,
+// so that the fast path stays small and keeps its accumulators in registers. The thresholds are
+// read once: Offer raises them lane by lane, and reloading a vector just written as floats would
+// stall on store forwarding; a stale (lower) threshold only lets through a pair that Offer then
+// rejects.
+template <int NumItems, class Block>
 __attribute__((noinline)) void OfferCandidates(const Vec (&scores)[kQueryVectors][NumItems], int64_t item,
-                                               int64_t first_query, BlockState& block) {
+                                               int64_t first_query, Block& block) {
   Vec threshold[kQueryVectors];
   std::memcpy(threshold, block.threshold + first_query, sizeof(threshold));
   for (int i = 0; i < NumItems; ++i) {
     for (int v = 0; v < kQueryVectors; ++v) {
       for (uint32_t mask = LanesGreater(scores[v][i], threshold[v]); mask != 0; mask &= mask - 1) {
         const int lane = __builtin_ctz(mask);
-        block.Offer(first_query + v * kLanes + lane, scores[v][i][lane], static_cast<int32_t>(item + i));
+        block.Offer(first_query + v * kLanes + lane, scores[v][i][lane], item + i);
       }
     }
   }
@@ -676,21 +679,6 @@ struct ScreenBlock {
   }
 };
 
-template <int NumItems>
-__attribute__((noinline)) void OfferScreened(const Vec (&upper)[kQueryVectors][NumItems], int64_t position,
-                                             int64_t first_query, ScreenBlock& block) {
-  Vec threshold[kQueryVectors];
-  std::memcpy(threshold, block.threshold + first_query, sizeof(threshold));
-  for (int i = 0; i < NumItems; ++i) {
-    for (int v = 0; v < kQueryVectors; ++v) {
-      for (uint32_t mask = LanesGreater(upper[v][i], threshold[v]); mask != 0; mask &= mask - 1) {
-        const int lane = __builtin_ctz(mask);
-        block.Offer(first_query + v * kLanes + lane, upper[v][i][lane], position + i);
-      }
-    }
-  }
-}
-
 // True when no item from sweep position `position` on can be a candidate of the micro-tile.
 inline bool ScreenExhausted(const ScreenBlock& block, int64_t position, int64_t first_query) {
   const __m512 reach = _mm512_set1_ps(block.items->reach[position]);
@@ -743,7 +731,7 @@ inline void ScreenTile(const PairVec* panel, const Vec* query_slack, const Scree
   if (any != 0) {
     Vec upper[kQueryVectors][NumItems];
     std::memcpy(upper, acc, sizeof(upper));
-    OfferScreened<NumItems>(upper, position, first_query, block);
+    OfferCandidates<NumItems>(upper, position, first_query, block);
   }
 }
 
@@ -863,12 +851,9 @@ bool TopKBlockScreened(const float* queries, const float* items, const float* bi
     scores.resize(survivors.size());
     ExactScores<D>(queries + (first + q) * d, items, bias, d, survivors.data(),
                    static_cast<int64_t>(survivors.size()), scores.data());
-    QueryState& query = exact.queries[q];
     for (size_t c = 0; c < survivors.size(); ++c) {
-      const float score = scores[c];
-      // TopKBlock's test before an offer: above -inf while filling, above the k-th once full.
-      if (query.size == k ? !(score > query.scores[k - 1]) : !(score > -kInf)) continue;
-      exact.Offer(q, score, survivors[c]);
+      // TopKBlock never offers -inf (its thresholds start there); Offer checks the rest.
+      if (scores[c] > -kInf) exact.Offer(q, scores[c], survivors[c]);
     }
   }
   for (const QueryState& state : exact.queries) {
