@@ -394,39 +394,30 @@ def test_diversified_top_k_reranks_the_pool_only(method):
     users, items, seen = random_model(1)
     candidates = np.arange(1, 30, 2)
     pool_items, _ = top_k_items(users, items, np.arange(9), 10, exclude=seen, candidate_items=candidates)
-    chosen, scores = diversified_top_k(
-        users,
-        items,
-        np.arange(9),
-        5,
-        item_features=unit_rows(items),
-        diversity=0.7,
-        pool=10,
-        method=method,
-        exclude=seen,
-        candidate_items=candidates,
-        user_chunk_size=4,
-    )
+
+    def rerank(user_chunk_size):
+        return diversified_top_k(
+            users,
+            items,
+            np.arange(9),
+            5,
+            item_features=unit_rows(items),
+            diversity=0.7,
+            pool=10,
+            method=method,
+            exclude=seen,
+            candidate_items=candidates,
+            user_chunk_size=user_chunk_size,
+        )
+
+    chosen, scores = rerank(4)
     offsets, seen_items = seen
     for user in range(9):
         assert set(chosen[user]) <= set(pool_items[user]) and len(set(chosen[user])) == 5
         assert not set(chosen[user]) & set(seen_items[offsets[user] : offsets[user + 1]])
         np.testing.assert_allclose(scores[user], items[chosen[user]] @ users[user], rtol=1e-5)
     assert (chosen != pool_items[:, :5]).any()  # diversity changed some lists
-    one_chunk = diversified_top_k(
-        users,
-        items,
-        np.arange(9),
-        5,
-        item_features=unit_rows(items),
-        diversity=0.7,
-        pool=10,
-        method=method,
-        exclude=seen,
-        candidate_items=candidates,
-        user_chunk_size=64,
-    )
-    np.testing.assert_array_equal(one_chunk[0], chosen)
+    np.testing.assert_array_equal(rerank(64)[0], chosen)  # one chunk: the same lists
 
 
 def test_diversified_top_k_with_few_candidates_pads():

@@ -169,6 +169,34 @@ def test_diversify_by_each_source_and_auto(recommender):
         plain.recommend(users, diversify_by="categories", **options)
 
 
+def test_similarity_features_follow_replaced_representations(recommender):
+    """The unit rows kept between requests are rebuilt when the representations are replaced."""
+    rec = copy.copy(recommender)
+    rec.__dict__.pop("_unit_rows_cache", None)
+    users = rec.user_ids[:12]
+    options = dict(k=K, diversity=0.7, method="mmr", diversify_by="representation")
+    rec.recommend(users, **options)  # fills the cache from the trained representations
+    replaced = np.random.default_rng(1).normal(size=np.shape(rec.item_representations)).astype(np.float32)
+    rec.item_representations = replaced
+
+    def expected(features):
+        items, _ = diversified_top_k(
+            rec.user_representations,
+            replaced,
+            rec.user_map.to_index(users),
+            K,
+            item_features=features,
+            diversity=0.7,
+            pool=50,
+            exclude=csr_by_user(rec.setup.dataset.train, len(rec.user_map)),
+        )
+        return items
+
+    fresh = expected(unit_rows(replaced))
+    assert not np.array_equal(fresh, expected(unit_rows(np.asarray(recommender.item_representations))))
+    np.testing.assert_array_equal(top_matrix(rec, rec.recommend(users, **options)), fresh)
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -276,8 +276,16 @@ def _load_verified(path: Path) -> ctypes.CDLL:
             return checked_load()
 
 
+def _declare_settings(library: ctypes.CDLL) -> None:
+    """The C signatures of the host-side settings, declared once when the library loads."""
+    library.graphrec_set_num_threads.argtypes = [ctypes.c_int]
+    library.graphrec_top_k_screening_built.restype = ctypes.c_int
+    library.graphrec_set_top_k_screening.argtypes = [ctypes.c_int]
+
+
 def _build_and_register() -> ctypes.CDLL:
     library = _load_verified(library_path(private_cache_dir()))
+    _declare_settings(library)
     threads = os.environ.get("GRAPHREC_NUM_THREADS", "").strip()
     if threads:
         if not threads.isdigit() or int(threads) < 1:
@@ -296,7 +304,6 @@ def set_num_threads(num_threads: int, library: ctypes.CDLL | None = None) -> Non
     library = library or load()
     if library is None:
         return
-    library.graphrec_set_num_threads.argtypes = [ctypes.c_int]
     library.graphrec_set_num_threads(int(num_threads))
 
 
@@ -310,7 +317,6 @@ def top_k_screening_built() -> bool:
     library = load()
     if library is None:
         return False
-    library.graphrec_top_k_screening_built.restype = ctypes.c_int
     return bool(library.graphrec_top_k_screening_built())
 
 
@@ -323,5 +329,4 @@ def set_top_k_screening(enabled: bool) -> None:
     library = load()
     if library is None:
         return
-    library.graphrec_set_top_k_screening.argtypes = [ctypes.c_int]
     library.graphrec_set_top_k_screening(int(bool(enabled)))

@@ -273,8 +273,18 @@ class Recommender:
                 self._category_labels = cached
             return cached, "jaccard_labels"
         if source == "text":
-            return unit_rows(np.asarray(self.setup.text_features)[self.setup.dataset.num_users :]), "cosine"
-        return unit_rows(np.asarray(self.item_representations)), "cosine"
+            return self._unit_item_rows(source, self.setup.text_features, self.setup.dataset.num_users), "cosine"
+        return self._unit_item_rows(source, self.item_representations, 0), "cosine"
+
+    def _unit_item_rows(self, source: str, values, first_item: int) -> np.ndarray:
+        """`values[first_item:]` scaled to unit rows, kept per source until `values` is replaced
+        (adding items, folding in users or restoring builds new arrays), so repeated requests
+        skip the pass over the catalogue."""
+        cache = self.__dict__.setdefault("_unit_rows_cache", {})
+        cached = cache.get(source)
+        if cached is None or cached[0] is not values:
+            cached = cache[source] = (values, unit_rows(np.asarray(values)[first_item:]))
+        return cached[1]
 
     def score(self, user_ids: Sequence[Any], item_ids: Sequence[Any]) -> np.ndarray:
         """Scores `[len(user_ids), len(item_ids)]` float32 (dot products of representations)."""

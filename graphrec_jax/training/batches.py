@@ -18,6 +18,8 @@ from typing import Any
 import flax
 import numpy as np
 
+from graphrec_jax.graph.sparse import pairs_by_row
+
 
 @flax.struct.dataclass
 class Batch:
@@ -80,11 +82,10 @@ class TripleSampler:
         self.num_users = num_users
         self.num_items = num_items
         self.seed = seed
-        order = np.lexsort((items, users))
-        self.items = np.asarray(items, np.int64)[order]
-        sorted_users = np.asarray(users, np.int64)[order]
-        self.offsets = np.searchsorted(sorted_users, np.arange(num_users + 1)).astype(np.int64)
+        self.offsets, items_by_user = pairs_by_row(users, items, num_users)
+        self.items = items_by_user.astype(np.int64)
         self.degree = np.diff(self.offsets)
+        sorted_users = np.repeat(np.arange(num_users, dtype=np.int64), self.degree)
         self.active_users = np.flatnonzero(self.degree > 0)
         # (user, item) pairs as sorted int64 keys: a membership test is one searchsorted.
         self.keys = sorted_users * num_items + self.items

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from graphrec_jax.devices import AXIS
+from graphrec_jax.graph.sparse import pairs_by_row
 from graphrec_jax.training.batches import Batch
 
 REDRAW_ROUNDS = 16
@@ -53,12 +54,11 @@ class PositiveTable:
     @classmethod
     def build(cls, num_users: int, users: np.ndarray, items: np.ndarray, pool: np.ndarray) -> PositiveTable:
         """From the training interactions (host numpy) and the negative pool `[pool]`."""
-        order = np.lexsort((items, users))
-        offsets = np.searchsorted(np.asarray(users)[order], np.arange(num_users + 1)).astype(np.int32)
+        offsets, items_by_user = pairs_by_row(users, items, num_users)
         degree = np.diff(offsets)
         return cls(
-            offsets=offsets,
-            items=np.asarray(items)[order].astype(np.int32),
+            offsets=offsets.astype(np.int32),
+            items=items_by_user,
             active=np.flatnonzero(degree > 0).astype(np.int32),
             pool=np.asarray(pool, np.int32),
             search_steps=max(1, math.ceil(math.log2(int(degree.max(initial=1)) + 1))),
