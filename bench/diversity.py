@@ -37,7 +37,7 @@ import jax
 import numpy as np
 from rerank_latency import time_rerank  # bench/rerank_latency.py
 
-from graphrec_jax.config import default_config
+from graphrec_jax.config import default_config, lightgcn_protocol
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.serving.beyond_accuracy import beyond_accuracy_metrics, item_popularity, labels_to_csr
 from graphrec_jax.serving.diversity import diversified_top_k, padded_labels, unit_rows
@@ -75,19 +75,12 @@ def dataset_folders(data: Path) -> dict[str, Path]:
 def protocol_config(name: str, path: Path, epochs: int, seed: int):
     """LightGCN with the LightGCN-PyTorch protocol on one dataset, as a run config."""
     file_format, folder, _ = DATASETS[name]
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.seed = seed
     config.data.format = file_format
     config.data.path = str(path)
     config.data.split.method = "predefined"
     config.data.split.folder = folder
-    config.model.embedding_dim = 64
-    config.model.num_layers = 3
-    config.model.init_std = 0.1
-    config.train.loss = "bpr"
-    config.train.batch_size = 2048
-    config.train.learning_rate = 1e-3
-    config.train.l2_weight = 1e-4
     config.train.negative_items = "all"
     config.train.num_epochs = epochs
     config.train.progress_bar = False

@@ -43,7 +43,7 @@ import jax
 import numpy as np
 import pandas as pd
 
-from graphrec_jax.config import default_config
+from graphrec_jax.config import default_config, lightgcn_protocol
 from graphrec_jax.data.readers import read_movielens
 from graphrec_jax.data.types import Dataset, IdMap, Interactions
 from graphrec_jax.host_memory import use_huge_pages
@@ -62,12 +62,9 @@ STRATEGIES = ("no_update", "fold_in", "incremental", "retrain")
 
 
 def protocol_config(epochs: int, seed: int):
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.seed = seed
     config.data.name = "ml-100k-stream"
-    config.model.embedding_dim, config.model.num_layers, config.model.init_std = 64, 3, 0.1
-    config.train.batch_size, config.train.learning_rate, config.train.l2_weight = 2048, 1e-3, 1e-4
-    config.train.loss = "bpr"
     config.train.negative_items = "all"
     config.train.num_epochs = epochs
     config.train.progress_bar = False

@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from graphrec_jax.config import default_config
+from graphrec_jax.config import default_config, lightgcn_protocol
 from graphrec_jax.data import datasets_root
 from graphrec_jax.graph.build import INTERACTION_EDGE, SOCIAL_EDGE, SOCIAL_REVERSE_EDGE
 from graphrec_jax.host_memory import use_huge_pages
@@ -43,15 +43,13 @@ TOP = 20
 
 
 def config_for(name: str, folder: Path, epochs: int, seed: int):
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.seed = seed
     if name == "ml-100k":
         config.data.format, config.data.path = "lightgcn", str(folder / "split")
     else:
         config.data.format, config.data.path = "sociallgn", str(folder)
     config.data.split.method = "predefined"
-    config.model.embedding_dim, config.model.num_layers, config.model.init_std = 64, 3, 0.1
-    config.train.batch_size, config.train.learning_rate, config.train.l2_weight = 2048, 1e-3, 1e-4
     config.train.negative_items = "all"
     config.train.num_epochs = epochs
     config.train.eval_every_epochs = epochs

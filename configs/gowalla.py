@@ -4,22 +4,14 @@
         --config.data.path=../shared/datasets/lightgcn-gowalla
 """
 
-from graphrec_jax.config import default_config
+from graphrec_jax.config import default_config, lightgcn_protocol
 
 
 def get_config():
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.data.format = "lightgcn"
     config.data.path = "../shared/datasets/lightgcn-gowalla"
     config.data.split.method = "predefined"
-    config.model.name = "lightgcn"
-    config.model.embedding_dim = 64
-    config.model.num_layers = 3
-    config.model.init_std = 0.1
-    config.train.loss = "bpr"
-    config.train.batch_size = 2048
-    config.train.learning_rate = 1e-3
-    config.train.l2_weight = 1e-4
     config.train.num_epochs = 1000
     config.train.eval_every_epochs = 20
     config.train.checkpoint_every_steps = 2000

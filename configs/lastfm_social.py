@@ -11,29 +11,21 @@ social weight and the semantic edges were chosen on a validation split carved fr
 pairs; `bench/social.py` runs this config against LightGCN (docs/BENCHMARKS.md, "Social").
 """
 
-from graphrec_jax.config import bundled_text_encoder, default_config
+from graphrec_jax.config import bundled_text_encoder, default_config, lightgcn_protocol
 
 
 def get_config():
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.data.format = "sociallgn"
     config.data.path = "../shared/datasets/sociallgn-lastfm"
     config.data.split.method = "predefined"
     config.data.text.item_fields = "title,tags"
-    config.model.name = "lightgcn"
-    config.model.embedding_dim = 64
-    config.model.num_layers = 3
-    config.model.init_std = 0.1
     config.model.social_weight = 0.25
     config.model.fusion = "text_node_input"
     config.model.text.encoder = bundled_text_encoder()
     config.model.text.max_length = 64
     config.model.text.semantic_k = 10
     config.model.text.semantic_weight = 0.5
-    config.train.loss = "bpr"
-    config.train.batch_size = 2048
-    config.train.learning_rate = 1e-3
-    config.train.l2_weight = 1e-4
     config.train.negative_items = "all"
     config.train.num_epochs = 800
     config.train.eval_every_epochs = 100

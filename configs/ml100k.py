@@ -7,22 +7,14 @@ The LightGCN paper's protocol (as configs/gowalla.py) on another split: dim 64, 
 N(0, 0.1) init, BPR with one negative, Adam 1e-3, L2 1e-4, batch 2048.
 """
 
-from graphrec_jax.config import default_config
+from graphrec_jax.config import default_config, lightgcn_protocol
 
 
 def get_config():
-    config = default_config()
+    config = lightgcn_protocol(default_config())
     config.data.format = "lightgcn"
     config.data.path = "../shared/datasets/ml-100k/split"
     config.data.split.method = "predefined"
-    config.model.name = "lightgcn"
-    config.model.embedding_dim = 64
-    config.model.num_layers = 3
-    config.model.init_std = 0.1
-    config.train.loss = "bpr"
-    config.train.batch_size = 2048
-    config.train.learning_rate = 1e-3
-    config.train.l2_weight = 1e-4
     config.train.num_epochs = 200
     config.train.eval_every_epochs = 20
     config.eval.k = 20

