@@ -1,9 +1,11 @@
-"""Every command line the README and docs/ show for scripts/ and bench/ names a script that
-exists and flags that script accepts, and every `--config.KEY=VALUE` names a key of the config
-file the command passes: a copied command must not fail on a renamed flag or key."""
+"""Every command line the README, docs/ and the docstrings of scripts/, bench/ and configs/ show
+for scripts/ and bench/ names a script that exists and flags that script accepts, and every
+`--config.KEY=VALUE` names a key of the config file the command passes: a copied command must
+not fail on a renamed flag or key."""
 
 from __future__ import annotations
 
+import ast
 import re
 import runpy
 import shlex
@@ -20,16 +22,25 @@ DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 COMMAND = re.compile(r"(?:^|\s)\S*python3?\s+((?:scripts|bench)/\w+\.py)\b(.*)")
 
 
-def documented_commands(text: str) -> list[tuple[str, str]]:
-    """(script, arguments) of each command line inside the text's fenced code blocks."""
+def commands_in(block: str) -> list[tuple[str, str]]:
+    """(script, arguments) of each command line of a block of shell lines."""
     commands = []
-    for block in re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #", 1)[0]  # a trailing comment
-            match = COMMAND.search(line)
-            if match:
-                commands.append((match.group(1), match.group(2)))
+    for line in block.replace("\\\n", " ").splitlines():
+        line = line.split(" #", 1)[0]  # a trailing comment
+        match = COMMAND.search(line)
+        if match:
+            commands.append((match.group(1), match.group(2)))
     return commands
+
+
+def documented_commands(text: str) -> list[tuple[str, str]]:
+    """(script, arguments) of each command line inside the Markdown text's fenced code blocks."""
+    return [command for block in re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S) for command in commands_in(block)]
+
+
+def docstring_commands(path: Path) -> list[tuple[str, str]]:
+    """(script, arguments) of each command line in a Python file's module docstring."""
+    return commands_in(ast.get_docstring(ast.parse(path.read_text())) or "")
 
 
 def flags_of(arguments: str) -> list[str]:
@@ -65,16 +76,18 @@ def config_has_key(config, key: str) -> bool:
     return True
 
 
+SOURCES = sorted(path for folder in ("scripts", "bench", "configs") for path in (REPO / folder).glob("*.py"))
 ALL = [
     (document, script, arguments)
     for document in DOCUMENTS
     for script, arguments in documented_commands(document.read_text())
-]
+] + [(source, script, arguments) for source in SOURCES for script, arguments in docstring_commands(source)]
 
 
 def test_the_documents_show_commands():
     scripts = {script for _, script, _ in ALL}
     assert {"scripts/train.py", "scripts/score.py", "bench/lightgcn.py", "bench/social.py"} <= scripts
+    assert docstring_commands(REPO / "scripts" / "train.py")[0][0] == "scripts/train.py"
 
 
 def test_parsing_of_documented_commands():
@@ -98,7 +111,7 @@ def test_documented_flags_exist(script):
                 continue  # checked against the config file below
             bare = flag[2:]
             if not re.search(rf"--(?:\[no\])?{re.escape(bare)}\b", usage):
-                missing.append(f"{document.name}: {script} {flag}")
+                missing.append(f"{document.relative_to(REPO)}: {script} {flag}")
     assert not missing, "documented flags the script does not accept:\n" + "\n".join(missing)
 
 
@@ -111,6 +124,8 @@ def test_documented_config_overrides_name_keys():
             continue
         config = runpy.run_path(str(REPO / config_file))["get_config"]()
         missing += [
-            f"{document.name}: {config_file} has no {key}" for key in overrides if not config_has_key(config, key)
+            f"{document.relative_to(REPO)}: {config_file} has no {key}"
+            for key in overrides
+            if not config_has_key(config, key)
         ]
     assert not missing, "documented --config overrides of keys that do not exist:\n" + "\n".join(missing)
