@@ -402,11 +402,11 @@ def main() -> None:
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for seed in range(args.seeds):
         for name in names:
-            config = variant_config(name, args, seed, tuned)
+            run_config = variant_config(name, args, seed, tuned)
             if validation is not None:
-                runs[name].append(run_on_validation(name, config, validation))
+                runs[name].append(run_on_validation(name, run_config, validation))
             else:
-                runs[name].append(run_variant(name, config, root / name / f"seed{seed}"))
+                runs[name].append(run_variant(name, run_config, root / name / f"seed{seed}"))
     variants = {name: aggregate(results) for name, results in runs.items()}
 
     fusions = [name for name in variants if variants[name]["fusion"] in FUSIONS]
