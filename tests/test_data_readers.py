@@ -365,11 +365,11 @@ def test_parquet_nested_rating_or_timestamp_is_refused(tmp_path, column, values)
 
 def test_object_id_values_that_are_not_ids_are_refused():
     """Values read by another route than the parquet schema check still never become text like "[1 2]"."""
-    from graphrec_jax.data.readers import _id_column
+    from graphrec_jax.data.readers import id_column
 
     column = pd.Series(["u1", np.array([1, 2])], dtype=object)
     with pytest.raises(DataError, match=r"row 2, column 'user': ndarray value array\(\[1, 2\]\); ids must be"):
-        _id_column(column, lambda row, name: f"row {row + 1}, column {name!r}", "user")
+        id_column(column, lambda row, name: f"row {row + 1}, column {name!r}", "user")
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,17 @@ def test_link_file_missing_and_bad_parquet_values(tmp_path):
     pd.DataFrame({"user": [1.0, 2.5], "friend": [2.0, 1.0]}).to_parquet(tmp_path / "links.parquet")
     with pytest.raises(DataError, match=r"links\.parquet, row 2, column 'user': id 2\.5 is not an integer"):
         read_id_pairs(tmp_path / "links.parquet", columns=("user", "friend"))
+    # the interactions' id checks apply to links too: no list ids, no uint64 ids wrapped to negatives
+    pd.DataFrame({"user": [[1, 2], [3]], "friend": [2, 1]}).to_parquet(tmp_path / "links.parquet")
+    with pytest.raises(DataError, match=r"links\.parquet, row 1, column 'user': .*ids must be integers or strings"):
+        read_id_pairs(tmp_path / "links.parquet", columns=("user", "friend"))
+    big = np.array([1, 2**64 - 1], dtype=np.uint64)
+    pd.DataFrame({"user": np.array([2, 1], dtype=np.uint64), "friend": big}).to_parquet(tmp_path / "links.parquet")
+    with pytest.raises(DataError, match=r"links\.parquet, row 2, column 'friend': .*18446744073709551615"):
+        read_id_pairs(tmp_path / "links.parquet", columns=("user", "friend"))
+    (tmp_path / "links.csv").write_text("user,friend\n1,2\n,3\n")
+    with pytest.raises(DataError, match=r"links\.csv, line 3, column 'user': the id is empty; every row needs two ids"):
+        read_id_pairs(tmp_path / "links.csv", columns=("user", "friend"))
     with pytest.raises(DataError, match=r"data\.social\.user_column and data\.social\.friend_column both name"):
         prepare_dataset(_with_links(tmp_path, "user,friend\nann,bob\n", social__friend_column="user"))
 

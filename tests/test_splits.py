@@ -220,3 +220,11 @@ def test_cold_user_ratio_must_leave_cold_and_warm_users(ratio):
     data = _random_interactions(num_users=10)
     with pytest.raises(DataError, match=rf"data\.split\.cold_user_ratio={ratio} picks \d+ of 10 users"):
         draw_cold_users(data, cold_user_ratio=ratio, seed=0)
+
+
+@pytest.mark.parametrize("ratio", [0.001, 0.999])
+def test_cold_item_ratio_must_leave_cold_and_warm_items(ratio):
+    data = _random_interactions(num_users=10)
+    items = len(np.unique(data.items))
+    with pytest.raises(DataError, match=rf"cold_item_ratio={ratio} picks \d+ of {items} items; .* one warm item$"):
+        draw_cold_items(data, cold_item_ratio=ratio, seed=0)

@@ -225,8 +225,8 @@ def read_table(
         return f"{path}, {row_word} {lines[row]}, column {column!r}"
 
     out = {
-        "user": _id_column(table[user_column], where, user_column),
-        "item": _id_column(table[item_column], where, item_column),
+        "user": id_column(table[user_column], where, user_column),
+        "item": id_column(table[item_column], where, item_column),
     }
     if rating_column and rating_column in table.columns:
         out["rating"] = _number_column(table[rating_column], where, rating_column, "a number (the rating)")
@@ -279,12 +279,16 @@ def _check_parquet_types(path: Path, schema, id_columns: list[str], number_colum
             raise DataError(f"{path}, column {name!r}: parquet type {field_type} is not one value per row; {fix}")
 
 
-def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
-    """Ids as `[n]` int64 (integer or integral float columns) or str objects, stripped of spaces."""
+def id_column(column: pd.Series, where, name: str, *, needs: str = "a user and an item id") -> np.ndarray:
+    """Ids as `[n]` int64 (integer or integral float columns) or str objects, stripped of spaces.
+
+    `where(row, name)` says where a row is ("FILE, line N, column 'NAME'") for the `DataError`s:
+    an empty or blank id (each row `needs` its ids), booleans, fractional or out-of-range
+    numbers, and values that are neither integers nor strings (parquet lists, bytes)."""
     missing = column.isna().to_numpy()
     if missing.any():
         row = int(np.argmax(missing))
-        raise DataError(f"{where(row, name)}: the id is empty; every row needs a user and an item id")
+        raise DataError(f"{where(row, name)}: the id is empty; every row needs {needs}")
     if pd.api.types.is_bool_dtype(column.dtype):
         raise DataError(f"{where(0, name)}: the column holds true/false values; ids must be integers or strings")
     if pd.api.types.is_integer_dtype(column.dtype):
@@ -314,7 +318,7 @@ def _id_column(column: pd.Series, where, name: str) -> np.ndarray:
     empty = (text == "").to_numpy()
     if empty.any():
         row = int(np.argmax(empty))
-        raise DataError(f"{where(row, name)}: the id is blank; every row needs a user and an item id")
+        raise DataError(f"{where(row, name)}: the id is blank; every row needs {needs}")
     return text.to_numpy(dtype=object)
 
 
@@ -465,8 +469,8 @@ def read_movielens(folder: Path) -> RawData:
 
     interactions = pd.DataFrame(
         {
-            "user": _id_column(table["user"], where, "user"),
-            "item": _id_column(table["item"], where, "item"),
+            "user": id_column(table["user"], where, "user"),
+            "item": id_column(table["item"], where, "item"),
             "rating": _number_column(table["rating"], where, "rating", "a number (the rating)"),
             "timestamp": _timestamp_column(table["timestamp"], where, "timestamp"),
         }

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from graphrec_jax.data.errors import DataError, warn
-from graphrec_jax.data.readers import decode_text, infer_separator, require_file
+from graphrec_jax.data.readers import decode_text, id_column, infer_separator, require_file
 from graphrec_jax.data.types import SocialLinks
 
 UNKNOWN_USER_POLICIES = ("error", "add")
@@ -118,32 +118,13 @@ def read_id_pairs(
     if table.empty:
         raise DataError(f"{path} has a header but no rows; expected one pair of ids per row")
     pairs = IdPairs(path, columns, np.zeros(0), np.zeros(0), lines, row_word)
-    pairs.first = _id_column(table[columns[0]], pairs, 0)
-    pairs.second = _id_column(table[columns[1]], pairs, 1)
+
+    def where(position: int):
+        return lambda row, _column: pairs.where(row, position)
+
+    pairs.first = id_column(table[columns[0]], where(0), columns[0], needs="two ids")
+    pairs.second = id_column(table[columns[1]], where(1), columns[1], needs="two ids")
     return pairs
-
-
-def _id_column(column: pd.Series, pairs: IdPairs, position: int) -> np.ndarray:
-    """Ids as `[n]` int64 (integer or integral float columns) or str objects, stripped of spaces."""
-    missing = column.isna().to_numpy()
-    if missing.any():
-        raise DataError(f"{pairs.where(int(np.argmax(missing)), position)}: the id is empty; every row needs two ids")
-    if pd.api.types.is_bool_dtype(column.dtype):
-        raise DataError(f"{pairs.where(0, position)}: ids must be integers or text, found a boolean column")
-    if pd.api.types.is_integer_dtype(column.dtype):
-        return column.to_numpy(dtype=np.int64)
-    if pd.api.types.is_float_dtype(column.dtype):
-        values = column.to_numpy(dtype=np.float64)
-        fractional = values != np.round(values)
-        if fractional.any():
-            row = int(np.argmax(fractional))
-            raise DataError(f"{pairs.where(row, position)}: id {float(values[row])!r} is not an integer")
-        return values.astype(np.int64)
-    text = column.astype(str).str.strip()
-    empty = (text == "").to_numpy()
-    if empty.any():
-        raise DataError(f"{pairs.where(int(np.argmax(empty)), position)}: the id is blank; every row needs two ids")
-    return text.to_numpy(dtype=object)
 
 
 def check_unknown_user_policy(policy: str) -> str:

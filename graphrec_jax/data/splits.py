@@ -172,15 +172,7 @@ def drop_unseen(train: Interactions, held_out: Interactions, name: str, *, check
 
 def draw_cold_items(interactions: Interactions, *, cold_item_ratio: float, seed: int) -> np.ndarray:
     """`[c]` sorted int32 indices: a random `cold_item_ratio` of the items that occur in `interactions`."""
-    present = sorted_unique(interactions.items)
-    num_cold = int(_round(np.asarray(cold_item_ratio * len(present))))
-    if not 0 < num_cold < len(present):
-        raise DataError(
-            f"data.split.cold_item_ratio={cold_item_ratio} picks {num_cold} of {len(present)} items; "
-            "choose a ratio that leaves at least one cold and one warm item"
-        )
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(present, size=num_cold, replace=False)).astype(np.int32)
+    return _draw_share(interactions.items, cold_item_ratio, seed, key="cold_item_ratio", what="items")
 
 
 def cold_item_split(
@@ -211,15 +203,21 @@ def cold_item_split(
 
 def draw_cold_users(interactions: Interactions, *, cold_user_ratio: float, seed: int) -> np.ndarray:
     """`[c]` sorted int32 indices: a random `cold_user_ratio` of the users that occur in `interactions`."""
-    present = sorted_unique(interactions.users)
-    num_cold = int(_round(np.asarray(cold_user_ratio * len(present))))
-    if not 0 < num_cold < len(present):
+    return _draw_share(interactions.users, cold_user_ratio, seed, key="cold_user_ratio", what="users with interactions")
+
+
+def _draw_share(ids: np.ndarray, ratio: float, seed: int, *, key: str, what: str) -> np.ndarray:
+    """`[c]` sorted int32: a seeded random `ratio` of the distinct `ids`, at least one and not all."""
+    present = sorted_unique(ids)
+    count = int(_round(np.asarray(ratio * len(present))))
+    if not 0 < count < len(present):
+        noun = what.split()[0].removesuffix("s")
         raise DataError(
-            f"data.split.cold_user_ratio={cold_user_ratio} picks {num_cold} of {len(present)} users with "
-            "interactions; choose a ratio that leaves at least one cold and one warm user"
+            f"data.split.{key}={ratio} picks {count} of {len(present)} {what}; "
+            f"choose a ratio that leaves at least one cold and one warm {noun}"
         )
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(present, size=num_cold, replace=False)).astype(np.int32)
+    return np.sort(rng.choice(present, size=count, replace=False)).astype(np.int32)
 
 
 def cold_user_split(
