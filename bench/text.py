@@ -11,8 +11,9 @@ cold test items ranked among the cold items only.
 Variants (`--variants`, comma-separated):
   lightgcn_protocol    LightGCN with its own protocol (BPR, one negative, dim 64, Adam 1e-3).
   graph_only           LightGCN with the fusions' recipe.
-  graph_only_tuned     LightGCN with the best setting of a grid of learning rates, L2 weights and
-                       losses (`--tune-grid`, the ones the fusions and the LightGCN protocol use),
+  graph_only_tuned     LightGCN with the best setting of a grid of learning rates, L2 weights,
+                       losses and layer counts (`--tune-grid`, the ones the fusions and the
+                       LightGCN protocol use),
                        chosen on a validation split carved from the training interactions (the
                        folders have none: per user 20% of the training pairs, as the test split
                        takes), never on the test figures; seed 0, --epochs epochs each.
@@ -70,9 +71,10 @@ DEFAULT_VARIANTS = (
     "lightgcn_protocol,graph_only,graph_only_tuned,text_only,concat,text_node_input,"
     "text_node_input_semantic,text_node_input_align,text_node_input_semantic_align"
 )
-# learning rates x L2 weights x losses: the fusions' recipe (2e-3, 1e-4, bce with 16 negatives),
-# the LightGCN protocol's (1e-3, 1e-4, bpr with one negative), and a step either side.
-DEFAULT_TUNE_GRID = "1e-3,2e-3,5e-3;1e-4,1e-3;bce,bpr"
+# learning rates x L2 weights x losses x layers: the fusions' recipe (2e-3, 1e-4, bce with 16
+# negatives, 3 layers), the LightGCN protocol's (1e-3, 1e-4, bpr with one negative), a step either
+# side, and the 4 layers the fusions were also tried with (docs/BENCHMARKS.md, "Text").
+DEFAULT_TUNE_GRID = "1e-3,2e-3,5e-3;1e-4,1e-3;bce,bpr;3,4"
 VALIDATION_RATIO = 0.2
 
 
@@ -112,6 +114,7 @@ def variant_config(name: str, args, seed: int, tuned: dict | None):
             config.train.learning_rate = tuned["learning_rate"]
             config.train.l2_weight = tuned["l2_weight"]
             set_loss(config, tuned["loss"])
+            config.model.num_layers = tuned.get("num_layers", config.model.num_layers)
         return config
     fusion = name
     for suffix in reversed(SUFFIXES):  # FUSION_semantic_align_mlm: the suffixes in this order
@@ -241,7 +244,7 @@ def run_on_validation(name: str, config, validation: Dataset) -> dict:
 
 def tune_graph_only(args, dataset: Dataset) -> dict:
     """The grid's best graph-only setting by warm Recall@K on the validation split (seed 0)."""
-    rates, weights, objectives = (part.split(",") for part in args.tune_grid.split(";"))
+    rates, weights, objectives, layers = parse_tune_grid(args.tune_grid)
     validation = validation_dataset(dataset)
     print(
         f"tuning graph_only on {validation.name}: {len(validation.train)} training pairs, "
@@ -249,20 +252,48 @@ def tune_graph_only(args, dataset: Dataset) -> dict:
         flush=True,
     )
     trials = []
-    for rate, weight, loss in itertools.product(rates, weights, objectives):
+    for rate, weight, loss, num_layers in itertools.product(rates, weights, objectives, layers):
         config = variant_config("graph_only", args, 0, None)
-        config.train.learning_rate, config.train.l2_weight = float(rate), float(weight)
+        config.train.learning_rate, config.train.l2_weight = rate, weight
         set_loss(config, loss)
+        config.model.num_layers = num_layers
         result = validation_metrics(config, validation)
-        trial = {"learning_rate": float(rate), "l2_weight": float(weight), "loss": loss, **result}
+        trial = {"learning_rate": rate, "l2_weight": weight, "loss": loss, "num_layers": num_layers, **result}
         trials.append(trial)
         print(
-            f"  lr {rate:>6s} l2 {weight:>6s} {loss}: valid warm R@20 {result['warm_recall']:.4f} "
+            f"  lr {rate:g} l2 {weight:g} {loss} {num_layers} layers: valid warm R@20 {result['warm_recall']:.4f} "
             f"N@20 {result['warm_ndcg']:.4f} ({result['run_s']:.0f}s)",
             flush=True,
         )
     best = max(trials, key=lambda trial: trial["warm_recall"])
-    return {"best": {key: best[key] for key in ("learning_rate", "l2_weight", "loss")}, "trials": trials}
+    keys = ("learning_rate", "l2_weight", "loss", "num_layers")
+    return {"best": {key: best[key] for key in keys}, "trials": trials}
+
+
+def parse_tune_grid(grid: str) -> tuple[list[float], list[float], list[str], list[int]]:
+    """`RATES;L2S;LOSSES[;LAYERS]` (comma lists; LAYERS defaults to the recipe's 3) as typed lists;
+    a malformed grid stops with one line naming the part."""
+    parts = grid.split(";")
+    if len(parts) == 3:
+        parts.append("3")
+    if len(parts) != 4:
+        raise SystemExit(f"error: --tune-grid {grid!r}: expected RATES;L2S;LOSSES[;LAYERS], e.g. {DEFAULT_TUNE_GRID}")
+    names = ("learning rate", "L2 weight", "loss", "layer count")
+    kinds = (float, float, str, int)
+    typed = []
+    for name, kind, part in zip(names, kinds, parts, strict=True):
+        values = [value.strip() for value in part.split(",") if value.strip()]
+        if not values:
+            raise SystemExit(f"error: --tune-grid {grid!r}: no {name} given")
+        for value in values:
+            try:
+                kind(value)
+            except ValueError:
+                raise SystemExit(f"error: --tune-grid {grid!r}: {value!r} is not a valid {name}") from None
+        typed.append([kind(value) for value in values])
+    if any(loss not in ("bce", "bpr") for loss in typed[2]):
+        raise SystemExit(f"error: --tune-grid {grid!r}: losses are bce or bpr")
+    return tuple(typed)
 
 
 def run_variant(name: str, config, workdir: Path) -> dict:
@@ -347,7 +378,7 @@ def main() -> None:
         help="fusion variants: the text projection's hidden width (0: linear; -1: the recipe's)",
     )
     parser.add_argument("--mlm-encoder", default="", help="_mlm variants: the MLM-adapted BERT checkpoint")
-    parser.add_argument("--tune-grid", default=DEFAULT_TUNE_GRID, help="graph_only_tuned: 'RATES;L2S;LOSSES'")
+    parser.add_argument("--tune-grid", default=DEFAULT_TUNE_GRID, help="graph_only_tuned: 'RATES;L2S;LOSSES[;LAYERS]'")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="0 skips the fine-tuned variant")
     parser.add_argument("--finetune-freeze-layers", type=int, default=5)
     parser.add_argument("--finetune-items-per-step", type=int, default=128)
@@ -373,6 +404,8 @@ def main() -> None:
     probe = config.copy_and_resolve_references()
     for override in args.set:  # so do bad overrides, whichever variants are named
         apply_override(probe, override)
+    if "graph_only_tuned" in names:
+        parse_tune_grid(args.tune_grid)  # a malformed grid fails before anything runs
     for name in names:  # unknown names fail before anything runs
         variant_config(name, args, 0, {"learning_rate": 1e-3, "l2_weight": 1e-4, "loss": "bpr"})
     dataset = prepare_dataset(config.data)
