@@ -9,7 +9,11 @@ from configs import test as test_config
 from graphrec_jax.config import ConfigError
 from graphrec_jax.data.errors import DataError
 from graphrec_jax.data.prepare import prepare_dataset
+from graphrec_jax.graph.build import friends_only_users
+from graphrec_jax.graph.layers import lightgcn_propagate
+from graphrec_jax.graph.sparse import sparse_dense
 from graphrec_jax.models.setup import build_setup, init_params
+from graphrec_jax.serving.explain import compute_sources
 from graphrec_jax.serving.propagation import node_representations
 from graphrec_jax.serving.recommender import Recommender
 from graphrec_jax.training.workdir import train_and_evaluate
@@ -132,3 +136,38 @@ def test_text_and_friends_in_one_model(tiny_bert, tmp_path, monkeypatch):
     assert metrics["test/recall@10"] > 0.3 and np.isfinite(metrics["cold_users/recall@10"])
     recommender = Recommender.from_checkpoint(tmp_path / "run")
     assert recommender.setup.text_features is not None and "social_fusion" in recommender.params
+
+
+def test_users_without_history_leave_out_their_own_term():
+    """LightGCN represents a user with friends and no history by what its friends bring, without
+    its own layer-0 term (an id row never trained on a history of its own); every other node as
+    plain LightGCN does; the layer-wise propagation and the explanations' decomposition agree."""
+    config = _config("lightgcn")
+    dataset = prepare_dataset(config.data)
+    setup = build_setup(config, dataset)
+    params = init_params(setup, 0)
+    cold = np.unique(dataset.evaluation["cold_users"].interactions.users)
+    friends_only = np.flatnonzero(np.asarray(friends_only_users(setup.graph)))
+    assert len(cold) == 12 and friends_only.tolist() == cold.tolist()
+
+    embedding = np.asarray(params["node_embedding"])
+    plain = np.asarray(lightgcn_propagate(setup.graph, embedding, config.model.num_layers))
+    expected = plain.copy()
+    expected[cold] -= embedding[cold] / (config.model.num_layers + 1)
+    compiled = np.asarray(node_representations(setup.model, params, setup.graph))
+    np.testing.assert_allclose(compiled, expected, atol=1e-6)
+    assert not np.allclose(compiled[cold], plain[cold], atol=1e-3)
+    layerwise = node_representations(setup.model, params, setup.graph, layerwise=True)
+    np.testing.assert_allclose(layerwise, compiled, atol=1e-6)
+
+    sources = compute_sources(setup.model, params, setup.graph)
+    np.testing.assert_allclose(sources.representations, compiled, atol=1e-6)
+    assert not sources.own[cold].any()
+    # a representation is its own share plus its neighbours' propagated shares, so scores split exactly
+    np.testing.assert_allclose(sources.own + sparse_dense(sources.operator, sources.partial), compiled, atol=1e-6)
+
+
+def test_without_friend_weight_nobody_is_served_by_friends_alone():
+    config = _config("lightgcn", **{"model.social_weight": 0.0})
+    setup = build_setup(config, prepare_dataset(config.data))
+    assert not np.asarray(friends_only_users(setup.graph)).any()

@@ -22,6 +22,7 @@ Edge features (`graph.edges`):
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
@@ -199,6 +200,20 @@ def pad_graph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int, num_grap
     edges = dict(padded.edges)
     edges["weight"] = np.where(jraph.get_edge_padding_mask(padded), edges["weight"], 0.0).astype(np.float32)
     return padded._replace(nodes=nodes, edges=edges)
+
+
+def friends_only_users(graph: jraph.GraphsTuple):
+    """`[n_node]` bool (jittable): the users whose only edges are friend links of positive weight,
+    users with friends and no training interaction (a cold-user split's, or added by
+    `data.social.unknown_users="add"`); all False in a graph without social links or with
+    `model.social_weight=0`. Padding nodes have no edges and are never among them."""
+    if SOCIAL_EDGE not in edge_kinds(graph):
+        return jnp.zeros(graph.nodes["kind"].shape, bool)
+    num_nodes = graph.nodes["kind"].shape[0]
+    kind, weight = graph.edges["kind"], graph.edges["weight"]
+    social = jax.ops.segment_sum(jnp.where(kind == SOCIAL_EDGE, weight, 0.0), graph.receivers, num_nodes)
+    interactions = jax.ops.segment_sum((kind == INTERACTION_EDGE).astype(jnp.int32), graph.receivers, num_nodes)
+    return (graph.nodes["kind"] == USER_NODE) & (interactions == 0) & (social > 0)
 
 
 def node_degrees(graph: jraph.GraphsTuple, kind: int = INTERACTION_EDGE) -> np.ndarray:

@@ -35,6 +35,7 @@ from graphrec_jax.graph.build import (
     USER_NODE,
     csr_offsets,
     edge_kinds,
+    friends_only_users,
 )
 from graphrec_jax.graph.layers import (
     GCNLayer,
@@ -180,6 +181,8 @@ class RecommenderModel(nn.Module):
             propagated, linked = self._lightgcn_with_links(graph, inputs, rows)
         else:
             propagated = self._propagate(graph, inputs, rows)
+        if self.architecture == "lightgcn" and global_id is None:
+            propagated = propagated - select(own_terms_of_friends_only(graph, inputs, self.num_layers))
         if self.fusion == "concat":
             if hidden is not None:
                 propagated = jnp.where(hidden[:, None], linked, propagated)
@@ -260,6 +263,21 @@ class RecommenderModel(nn.Module):
                 total = total + current
         total = total / (self.num_layers + 1)
         return total if rows is None else total[rows]
+
+
+def own_terms_of_friends_only(graph: jraph.GraphsTuple, inputs, num_layers: int):
+    """`[n_node, d]`: the own layer-0 term `E_u / (L + 1)` of every user with friends and no
+    history (`graph.build.friends_only_users`), zero elsewhere (jittable).
+
+    LightGCN represents such a user without it: that id row never trained on a history of its
+    own, only as its friends' neighbour, and left in it adds noise to what the friends bring
+    (Recall@20 of LastFM users without history 5-10% higher without it, docs/BENCHMARKS.md,
+    "Social"). The row still reaches the friends through propagation, where it did train.
+    """
+    if SOCIAL_EDGE not in edge_kinds(graph):
+        return jnp.zeros_like(inputs)
+    friends_only = friends_only_users(graph)[:, None]
+    return jnp.where(friends_only, inputs, 0.0) / (num_layers + 1)
 
 
 class SocialFusion(nn.Module):

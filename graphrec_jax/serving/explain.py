@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from graphrec_jax.graph.build import INTERACTION_EDGE, SOCIAL_EDGE, edge_kinds
+from graphrec_jax.graph.build import INTERACTION_EDGE, SOCIAL_EDGE, edge_kinds, friends_only_users
 from graphrec_jax.graph.layers import aggregate
 from graphrec_jax.graph.sparse import graph_operator
 from graphrec_jax.serving.ranking import csr_rows
@@ -99,7 +99,11 @@ def compute_sources(model, params, graph: jraph.GraphsTuple, text_features=None,
         return partial, propagated
 
     partial, propagated = propagate(inputs, graph)
-    partial, own = np.asarray(partial), np.asarray(inputs) * scale
+    partial, own, propagated = np.asarray(partial), np.asarray(inputs) * scale, np.array(propagated)
+    # A user with friends and no history is represented without its own term (as the model does)
+    friends_only = np.flatnonzero(np.asarray(friends_only_users(graph)))
+    propagated[friends_only] -= own[friends_only]
+    own[friends_only] = 0.0
     text, head = None, None
     if model.fusion == "concat":
         kernel = np.asarray(params["head"]["kernel"])

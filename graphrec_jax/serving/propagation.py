@@ -17,6 +17,7 @@ import jax
 import jraph
 import numpy as np
 
+from graphrec_jax.graph.build import friends_only_users
 from graphrec_jax.graph.sparse import Csr, graph_operator, sparse_dense
 from graphrec_jax.graph.subgraphs import NeighborSampler
 from graphrec_jax.models.network import make_representation_fn
@@ -78,6 +79,8 @@ def node_representations(
     inputs = np.asarray(jax.jit(model.clone(num_layers=0).apply)(variables, graph, text_features)[1])
     if model.architecture == "lightgcn":
         propagated = propagate_layerwise(operators, inputs, chunk_rows=chunk_rows, backend=backend)
+        friends_only = np.flatnonzero(np.asarray(friends_only_users(graph)))  # as the model leaves them out
+        propagated[friends_only] -= inputs[friends_only] / np.float32(model.num_layers + 1)
     else:
         if any(operator is not operators[0] for operator in operators):
             raise ValueError("GCN layer-wise inference needs one operator for every layer")
