@@ -181,7 +181,7 @@ class RecommenderModel(nn.Module):
             propagated, linked = self._lightgcn_with_links(graph, inputs, rows)
         else:
             propagated = self._propagate(graph, inputs, rows)
-        if self.architecture == "lightgcn" and global_id is None:
+        if self.architecture == "lightgcn" and global_id is None and SOCIAL_EDGE in edge_kinds(graph):
             propagated = propagated - select(own_terms_of_friends_only(graph, inputs, self.num_layers))
         if self.fusion == "concat":
             if hidden is not None:
@@ -274,8 +274,6 @@ def own_terms_of_friends_only(graph: jraph.GraphsTuple, inputs, num_layers: int)
     (Recall@20 of LastFM users without history 5-10% higher without it, docs/BENCHMARKS.md,
     "Social"). The row still reaches the friends through propagation, where it did train.
     """
-    if SOCIAL_EDGE not in edge_kinds(graph):
-        return jnp.zeros_like(inputs)
     friends_only = friends_only_users(graph)[:, None]
     return jnp.where(friends_only, inputs, 0.0) / (num_layers + 1)
 
