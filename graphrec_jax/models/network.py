@@ -16,6 +16,9 @@ In the text fusions, nodes without a training interaction (cold items) have no t
 embedding; their id part is zeroed so that their representation comes from text alone, and,
 when the graph holds item-item semantic edges (`graph.semantic`), from what propagation
 brings them over those edges from the warm items that read like them.
+
+In LightGCN, a user with friends and no training interaction is represented by what its friends
+bring, without its own layer-0 term (`own_terms_of_friends_only`).
 """
 
 from __future__ import annotations
