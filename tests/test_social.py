@@ -2,6 +2,7 @@
 LightGCN and SocialLGN, full and sampled, text with friends, users with friends and no
 history, checkpoints, serving."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -157,6 +158,11 @@ def test_users_without_history_leave_out_their_own_term():
     compiled = np.asarray(node_representations(setup.model, params, setup.graph))
     np.testing.assert_allclose(compiled, expected, atol=1e-6)
     assert not np.allclose(compiled[cold], plain[cold], atol=1e-3)
+    # a batch's rows (the loss's users and items) see the same representations, cold users included
+    rows = np.concatenate([cold, np.arange(0, dataset.num_users + dataset.num_items, 7)])
+    batch_rows = setup.model.apply({"params": params}, setup.graph, rows=jnp.asarray(rows, jnp.int32))[0]
+    np.testing.assert_allclose(batch_rows, compiled[rows], atol=1e-6)
+    assert np.asarray(friends_only_users(setup.graph, jnp.asarray(rows))).tolist() == np.isin(rows, cold).tolist()
     layerwise = node_representations(setup.model, params, setup.graph, layerwise=True)
     np.testing.assert_allclose(layerwise, compiled, atol=1e-6)
 

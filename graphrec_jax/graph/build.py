@@ -22,7 +22,6 @@ Edge features (`graph.edges`):
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import jraph
 import numpy as np
@@ -202,18 +201,25 @@ def pad_graph(graph: jraph.GraphsTuple, num_nodes: int, num_edges: int, num_grap
     return padded._replace(nodes=nodes, edges=edges)
 
 
-def friends_only_users(graph: jraph.GraphsTuple):
-    """`[n_node]` bool (jittable): the users whose only edges are friend links of positive weight,
-    users with friends and no training interaction (a cold-user split's, or added by
-    `data.social.unknown_users="add"`); all False in a graph without social links or with
-    `model.social_weight=0`. Padding nodes have no edges and are never among them."""
-    if SOCIAL_EDGE not in edge_kinds(graph):
-        return jnp.zeros(graph.nodes["kind"].shape, bool)
-    num_nodes = graph.nodes["kind"].shape[0]
-    kind, weight = graph.edges["kind"], graph.edges["weight"]
-    social = jax.ops.segment_sum(jnp.where(kind == SOCIAL_EDGE, weight, 0.0), graph.receivers, num_nodes)
-    interactions = jax.ops.segment_sum((kind == INTERACTION_EDGE).astype(jnp.int32), graph.receivers, num_nodes)
-    return (graph.nodes["kind"] == USER_NODE) & (interactions == 0) & (social > 0)
+def friends_only_users(graph: jraph.GraphsTuple, rows=None):
+    """`[n_node]` bool, or `[r]` for the nodes `rows` (jittable, O(rows) from the blocks' row
+    offsets): the users whose only edges are friend links of positive weight, users with friends
+    and no training interaction (a cold-user split's, or added by `data.social.unknown_users="add"`);
+    all False in a graph without social links or with `model.social_weight=0`. Padding nodes
+    hold only zero-weight edges and are never among them."""
+    kinds = edge_kinds(graph)
+    nodes = jnp.arange(graph.nodes["kind"].shape[0]) if rows is None else rows
+    if SOCIAL_EDGE not in kinds:
+        return jnp.zeros(nodes.shape, bool)
+    social = csr_offsets(graph, SOCIAL_EDGE)
+    first, end = social[nodes], social[nodes + 1]
+    # a row's friend links all carry the block's weight scaled by degrees: its first one says whether it is zero
+    weight = graph.edges["weight"][jnp.minimum(first, graph.edges["weight"].shape[0] - 1)]
+    friends = (end > first) & (weight > 0)
+    if INTERACTION_EDGE in kinds:
+        interactions = csr_offsets(graph, INTERACTION_EDGE)
+        friends &= interactions[nodes + 1] == interactions[nodes]
+    return (graph.nodes["kind"][nodes] == USER_NODE) & friends
 
 
 def node_degrees(graph: jraph.GraphsTuple, kind: int = INTERACTION_EDGE) -> np.ndarray:

@@ -17,8 +17,11 @@ embedding; their id part is zeroed so that their representation comes from text 
 when the graph holds item-item semantic edges (`graph.semantic`), from what propagation
 brings them over those edges from the warm items that read like them.
 
-In LightGCN, a user with friends and no training interaction is represented by what its friends
-bring, without its own layer-0 term (`own_terms_of_friends_only`).
+In LightGCN, a user with friends and no training interaction (`graph.build.friends_only_users`)
+is represented by what its friends bring, without its own layer-0 term `E_u / (L + 1)`: that id
+row never trained on a history of its own, only as its friends' neighbour, and left in it adds
+noise to what the friends bring (Recall@20 of LastFM users without history 3-8% higher without
+it, docs/BENCHMARKS.md, "Social"). The row still reaches the friends through propagation.
 """
 
 from __future__ import annotations
@@ -185,7 +188,8 @@ class RecommenderModel(nn.Module):
         else:
             propagated = self._propagate(graph, inputs, rows)
         if self.architecture == "lightgcn" and global_id is None and SOCIAL_EDGE in edge_kinds(graph):
-            propagated = propagated - select(own_terms_of_friends_only(graph, inputs, self.num_layers))
+            friends_only = friends_only_users(graph, rows)[:, None]  # never a training batch's row
+            propagated = propagated - jnp.where(friends_only, select(inputs), 0.0) / (self.num_layers + 1)
         if self.fusion == "concat":
             if hidden is not None:
                 propagated = jnp.where(hidden[:, None], linked, propagated)
@@ -266,19 +270,6 @@ class RecommenderModel(nn.Module):
                 total = total + current
         total = total / (self.num_layers + 1)
         return total if rows is None else total[rows]
-
-
-def own_terms_of_friends_only(graph: jraph.GraphsTuple, inputs, num_layers: int):
-    """`[n_node, d]`: the own layer-0 term `E_u / (L + 1)` of every user with friends and no
-    history (`graph.build.friends_only_users`), zero elsewhere (jittable).
-
-    LightGCN represents such a user without it: that id row never trained on a history of its
-    own, only as its friends' neighbour, and left in it adds noise to what the friends bring
-    (Recall@20 of LastFM users without history 5-10% higher without it, docs/BENCHMARKS.md,
-    "Social"). The row still reaches the friends through propagation, where it did train.
-    """
-    friends_only = friends_only_users(graph)[:, None]
-    return jnp.where(friends_only, inputs, 0.0) / (num_layers + 1)
 
 
 class SocialFusion(nn.Module):
