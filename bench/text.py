@@ -285,12 +285,12 @@ def parse_tune_grid(grid: str) -> tuple[list[float], list[float], list[str], lis
         values = [value.strip() for value in part.split(",") if value.strip()]
         if not values:
             raise SystemExit(f"error: --tune-grid {grid!r}: no {name} given")
+        typed.append([])
         for value in values:
             try:
-                kind(value)
+                typed[-1].append(kind(value))
             except ValueError:
                 raise SystemExit(f"error: --tune-grid {grid!r}: {value!r} is not a valid {name}") from None
-        typed.append([kind(value) for value in values])
     if any(loss not in ("bce", "bpr") for loss in typed[2]):
         raise SystemExit(f"error: --tune-grid {grid!r}: losses are bce or bpr")
     return tuple(typed)

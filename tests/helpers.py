@@ -23,6 +23,16 @@ def require_dataset(relative: str) -> Path:
     return path
 
 
+def config_has_key(config, key: str) -> bool:
+    """Whether the dotted `key` ("train.learning_rate") names a key of the ConfigDict `config`."""
+    node = config
+    for part in key.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def dense_adjacency(graph) -> np.ndarray:
     """What one propagation step multiplies by, as a dense `[n, n]` matrix, rows = receivers
     (every block but the transpose of directed social links, which only carries gradients)."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import config_has_key
+
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # `python scripts/x.py ...`, `.venv/bin/python bench/y.py ...`, after an optional VAR=value prefix
@@ -70,15 +72,6 @@ def help_text(script: str) -> str:
 @cache
 def load_config(config_file: str):
     return runpy.run_path(str(REPO / config_file))["get_config"]()
-
-
-def config_has_key(config, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 SOURCES = sorted(path for folder in ("scripts", "bench", "configs") for path in (REPO / folder).glob("*.py"))

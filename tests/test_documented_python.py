@@ -19,6 +19,9 @@ from pathlib import Path
 import ml_collections
 import pytest
 
+from graphrec_jax import default_config
+from tests.helpers import config_has_key
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 
@@ -116,15 +119,8 @@ class Reader:
                 path.insert(0, root.attr)
                 root = root.value
             owner = self.value(root)
-            if owner is ml_collections.ConfigDict:
-                from graphrec_jax import default_config
-
-                config = default_config()
-                for depth, key in enumerate(path):
-                    if not isinstance(config, ml_collections.ConfigDict) or key not in config:
-                        self.fail(node, f"config key {'.'.join(path[: depth + 1])!r} does not exist")
-                        return
-                    config = config[key]
+            if owner is ml_collections.ConfigDict and not config_has_key(default_config(), ".".join(path)):
+                self.fail(node, f"config key {'.'.join(path)!r} does not exist")
             return
         raise AssertionError(f"the test does not read assignments like `{ast.unparse(node)}`; extend it")
 
