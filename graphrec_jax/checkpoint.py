@@ -138,13 +138,13 @@ class CheckpointStore:
         if not metric and steps:
             try:
                 metric = self.read_metadata(steps[-1]).get("best_metric", "")
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - an unreadable step (say, an empty folder) names no metric
                 metric = ""
         best, best_value = None, -np.inf
         for step in steps:
             try:
                 value = self.read_metadata(step).get("metrics", {}).get(metric)
-            except (OSError, ValueError):
+            except Exception:  # noqa: BLE001 - an unreadable step cannot be the best; restore skips it too
                 continue
             if value is not None and value > best_value:
                 best, best_value = step, value
@@ -157,18 +157,32 @@ class CheckpointStore:
             return dict(restored["metadata"])
         return json.loads(path.read_text())
 
-    def restore(self, abstract_state: Any | None, abstract_arrays: Any | None, step: int | None = None):
+    def restore(
+        self,
+        abstract_state: Any | None,
+        abstract_arrays: Any | None,
+        step: int | None = None,
+        *,
+        first: int | None = None,
+    ):
         """Restores `step`, or the latest checkpoint that restores cleanly.
 
         Args:
           abstract_state, abstract_arrays: `jax.eval_shape`-style trees to restore into, or
             None to get plain dicts of numpy arrays.
           step: a specific step; None tries the latest first, then older ones.
+          first: with `step` None, the step to try before those (the best one, say).
 
         Returns:
           (step, state, arrays, metadata). Raises CheckpointError when nothing restores.
         """
-        candidates = [step] if step is not None else list(reversed(self.steps()))
+        if step is not None:
+            candidates = [step]
+        else:
+            candidates = list(reversed(self.steps()))
+            if first is not None and first in candidates:
+                candidates.remove(first)
+                candidates.insert(0, first)
         if not candidates:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         failures = []
@@ -189,7 +203,7 @@ class CheckpointStore:
                 if step is None:
                     warnings.warn(
                         f"checkpoint {self.directory / str(candidate)} could not be restored "
-                        f"({type(error).__name__}: {str(error)[:200]}); trying an older one",
+                        f"({type(error).__name__}: {str(error)[:200]}); trying the next, latest first",
                         CheckpointWarning,
                         stacklevel=2,
                     )

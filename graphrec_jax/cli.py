@@ -5,6 +5,7 @@ Each prints for a person at a terminal; the Python API underneath is
 `serving.evaluation.evaluate_model`. `run_script` gives every script the same answer to a user
 error: one line, `error: <message>`, on stderr and exit status 2 (`--verbose` or
 `GRAPHREC_VERBOSE=1` shows the traceback); an unexpected exception keeps its traceback.
+`cli_flags.absl_flags_parser` gives a script that parses absl flags the same answer for bad flags.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # what a scheduler expects of a job it sent SIGTERM
 
 
+class UsageError(ValueError):
+    """A command-line argument a script cannot use: a missing flag, a count below its minimum."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions a script reports in one line: bad config, data, ids, checkpoints, requests."""
     from graphrec_jax.checkpoint import CheckpointError
@@ -42,6 +47,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         RequestError,
         NonFiniteLossError,
+        UsageError,
         devices.DistributedSetupError,
         FileNotFoundError,
     )
@@ -62,12 +68,17 @@ def run_script(main: Callable[[], object], *, verbose: bool = False) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except user_errors() as error:
-        if verbose:
-            traceback.print_exc()
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        fail(" ".join(str(error).split()) or type(error).__name__, verbose=verbose)
     sys.exit(0)
+
+
+def fail(message: str, *, verbose: bool = False) -> None:
+    """Prints `error: <message>` on one line (after the traceback being handled, if `verbose`)
+    and exits with status 2."""
+    if verbose:
+        traceback.print_exc()
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
 
 
 def _setup_logging() -> None:
@@ -90,8 +101,15 @@ def run_training(
 
     In a multi-process run every process restores the model for the top-10 (a restore is a
     collective), process 0 prints, and every process leaves the distributed runtime before it
-    returns, so none is left waiting for another.
+    returns, so none is left waiting for another. A non-finite config value, a negative
+    `show_users` or a `workdir` that is a file raises before anything is written.
     """
+    from graphrec_jax.config import validate_config
+
+    validate_config(config)
+    if show_users < 0:
+        raise UsageError(f"--show_users={show_users} must be >= 0")
+    check_workdir(workdir)
     _setup_logging()
     devices.initialize_distributed(coordinator_address, num_processes, process_id)
     try:
@@ -113,6 +131,17 @@ def run_training(
         # default action, so that a process can always be stopped.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         devices.shutdown_distributed()
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises `UsageError` when `workdir`, or a folder it would sit in, is a file."""
+    path = Path(workdir)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = f"--workdir {workdir}" if folder == path else f"--workdir {workdir}: {folder}"
+                raise UsageError(f"{where} is a file; pass a directory")
+            return
 
 
 def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:
@@ -186,6 +215,15 @@ def _check_same_data(dataset, recommender, workdir: str) -> None:
             f"model in {workdir} was trained on ({len(recommender.user_map)} users, "
             f"{len(recommender.item_map)} items, {len(recommender.setup.dataset.train)} training interactions)"
         )
+
+
+def split_user_ids(text: str) -> list[str]:
+    """The ids of a `--users u1,u2` argument, each stripped of surrounding spaces; raises
+    `UsageError` when it lists none."""
+    ids = [part.strip() for part in text.split(",") if part.strip()]
+    if not ids:
+        raise UsageError(f"--users {text!r} lists no user ids; pass comma-separated ids, such as --users u1,u2")
+    return ids
 
 
 def read_user_ids(path: str) -> list[str]:

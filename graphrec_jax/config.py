@@ -9,6 +9,7 @@ keys are parsed here once (`fanouts`, `cutoffs`), so library code takes plain va
 from __future__ import annotations
 
 import json
+import math
 
 import ml_collections
 
@@ -192,8 +193,20 @@ def _positive(key: str, value, allow_zero: bool = False) -> None:
         raise ConfigError(f"{key}={value!r} must be {bound}")
 
 
+def _check_finite(config, prefix: str = "") -> None:
+    """Raises `ConfigError` naming the first float that is NaN or infinite (NaN passes every range
+    check below: it compares false with each bound)."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            _check_finite(value, f"{name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` naming the key and the fix for the first invalid value."""
+    _check_finite(config)
     data = config.data
     _choice("data.format", data.format, DATA_FORMATS)
     if data.format != "synthetic" and not data.path:

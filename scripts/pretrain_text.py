@@ -6,14 +6,17 @@
 
 The output directory is a Hugging Face checkpoint: pass it as `model.text.encoder`.
 `--texts-file FILE` (one text per line) replaces `--data-format/--data-path`.
+A user error (a bad number, a missing file) ends in one line `error: ...` and exit status 2
+(`--verbose` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 
-from graphrec_jax.cli import run_script
+from graphrec_jax.cli import UsageError, run_script
 from graphrec_jax.host_memory import use_huge_pages
 from graphrec_jax.text.item_text import amazon_item_texts, parse_fields, read_texts_file
 from graphrec_jax.text.pretraining import pretrain_mlm
@@ -42,8 +45,22 @@ def main() -> None:
     run_script(lambda: pretrain(args), verbose=args.verbose)
 
 
-def pretrain(args) -> None:
+def check_arguments(args) -> None:
+    """Raises `UsageError` naming the first numeric argument out of its range, before any work."""
+    counts = {"--steps": args.steps, "--batch-size": args.batch_size, "--max-length": args.max_length}
+    for flag, value in {**counts, "--log-every": args.log_every}.items():
+        if value < 1:
+            raise UsageError(f"{flag}={value} must be >= 1")
+    if args.seed < 0:
+        raise UsageError(f"--seed={args.seed} must be >= 0")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise UsageError(f"--learning-rate={args.learning_rate} must be a finite number > 0")
+    if not 0.0 < args.mask_probability < 1.0:
+        raise UsageError(f"--mask-probability={args.mask_probability} must lie in (0, 1)")
 
+
+def pretrain(args) -> None:
+    check_arguments(args)
     if args.texts_file:
         texts = read_texts_file(args.texts_file)
     else:

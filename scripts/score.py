@@ -15,7 +15,7 @@ A user error (an unknown user id, a bad --k) ends in one line `error: ...` and e
 
 import argparse
 
-from graphrec_jax.cli import read_user_ids, run_scoring, run_script
+from graphrec_jax.cli import read_user_ids, run_scoring, run_script, split_user_ids
 from graphrec_jax.host_memory import use_huge_pages
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="run directory of a training run")
     users = parser.add_mutually_exclusive_group(required=True)
-    users.add_argument("--users", help="comma-separated raw user ids")
+    users.add_argument("--users", help="comma-separated raw user ids (spaces around each id are dropped)")
     users.add_argument("--users-file", help="a text file with one raw user id per line (ids may hold commas)")
     users.add_argument("--all-users", action="store_true", help="score every known user")
     parser.add_argument("--k", type=int, default=10, help="recommendations per user")
@@ -49,7 +49,7 @@ def main() -> None:
         elif args.users_file:
             user_ids = read_user_ids(args.users_file)
         else:
-            user_ids = [user for user in args.users.split(",") if user]
+            user_ids = split_user_ids(args.users)
         run_scoring(
             args.workdir,
             args.out,

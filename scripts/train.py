@@ -8,8 +8,9 @@ on the same workdir resumes from its latest checkpoint. For a multi-process run,
 process per host (or per device group) with --coordinator_address, --num_processes and
 --process_id (the arguments of jax.distributed.initialize).
 
-A user error (bad config, bad data) ends in one line `error: ...` and exit status 2
-(`--verbose` shows the traceback). On SIGTERM (preemption) training saves a checkpoint at the
+A user error (a missing or unknown flag, a config file or key that does not exist, a bad
+config value, bad data) ends in one line `error: ...` and exit status 2 (`--verbose` shows the
+traceback); `--help` lists the flags. On SIGTERM (preemption) training saves a checkpoint at the
 next step and exits with status 143; the same command resumes.
 """
 
@@ -17,21 +18,21 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from graphrec_jax.cli import run_script, run_training
+from graphrec_jax.cli_flags import absl_flags_parser
 from graphrec_jax.host_memory import use_huge_pages
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory for checkpoints and logs.")
-_SHOW_USERS = flags.DEFINE_integer("show_users", 3, "Print this many users' top-10 after training.")
+_SHOW_USERS = flags.DEFINE_integer("show_users", 3, "Print this many users' top-10 after training.", lower_bound=0)
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 _VERBOSE = flags.DEFINE_boolean("verbose", False, "Show the traceback of a user error.")
-flags.mark_flags_as_required(["config", "workdir"])
+USAGE = "python scripts/train.py --config CONFIG --workdir DIR"
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # the flags parser refuses positional arguments
     run_script(
         lambda: run_training(
             _CONFIG.value,
@@ -47,4 +48,4 @@ def main(argv):
 
 if __name__ == "__main__":
     use_huge_pages()  # before any work: re-executes with the malloc tunable
-    app.run(main)
+    app.run(main, flags_parser=absl_flags_parser(USAGE, required=["config", "workdir"], config_files=["config"]))

@@ -306,6 +306,62 @@ def test_no_users_give_an_empty_table(recommender):
     assert table.empty and list(table.columns) == ["user_id", "rank", "item_id", "score"]
 
 
+def test_ids_come_in_any_ordered_container(recommender):
+    users = recommender.user_ids[:3]
+    expected = recommender.recommend(users, k=4)
+    for container in (tuple(users), np.array(users, dtype=object), pd.Series(users), pd.Index(users), iter(users)):
+        pd.testing.assert_frame_equal(recommender.recommend(container, k=4), expected)
+    np.testing.assert_array_equal(
+        recommender.score(pd.Series(users), pd.Series(recommender.item_ids[:3])),
+        recommender.score(users, recommender.item_ids[:3]),
+    )
+    with pytest.raises(RequestError, match=r"ids given as a set have no order; pass a list"):
+        recommender.recommend(set(users), k=4)
+    with pytest.raises(RequestError, match=r"one-dimensional"):
+        recommender.recommend(np.array([users]), k=4)
+
+
+def test_options_that_take_a_flag_refuse_other_values(recommender):
+    with pytest.raises(RequestError, match=r"exclude_seen='no' must be True or False"):
+        recommender.recommend(recommender.user_ids[:1], k=3, exclude_seen="no")
+
+
+def test_explain_takes_one_pair_and_names_the_call_for_many(recommender):
+    user, item = recommender.user_ids[0], recommender.item_ids[0]
+    with pytest.raises(RequestError, match=r"explain takes one user_id, got a list: use explain_pairs"):
+        recommender.explain([user], [item])
+    with pytest.raises(RequestError, match=r"once per user"):
+        recommender.explain_recommendations([user, recommender.user_ids[1]], k=2)
+
+
+@pytest.mark.parametrize("step", ["12", True, 1.0, -1])
+def test_a_checkpoint_step_must_be_a_whole_number(trained, step):
+    with pytest.raises(RequestError, match=r"step=.* must be a checkpoint step"):
+        Recommender.from_checkpoint(trained[1], step=step)
+
+
+def test_the_checkpoint_folder_instead_of_the_workdir_names_the_workdir(trained):
+    workdir = trained[1]
+    step = next(path for path in (workdir / "checkpoints").iterdir() if path.name.isdigit())
+    for wrong in (workdir / "checkpoints", step):
+        with pytest.raises(
+            CheckpointError, match=rf"inside a run's checkpoint folder; pass the run's workdir, {workdir}$"
+        ):
+            Recommender.from_checkpoint(wrong)
+    with pytest.raises(RequestError, match=r"workdir=None must be the path"):
+        Recommender.from_checkpoint(None)
+
+
+def test_saving_over_a_file_is_refused(recommender, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    with pytest.raises(RequestError, match=r"is a file; pass a directory"):
+        recommender.save(target)
+    with pytest.raises(RequestError, match=r"workdir=None must be a directory path"):
+        recommender.save(None)
+    assert target.read_text() == "keep me"
+
+
 def _script(name: str, *arguments: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), GRAPHREC_HUGEPAGES="0")
     return subprocess.run(

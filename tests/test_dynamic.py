@@ -207,6 +207,39 @@ def test_bad_requests_name_the_fix():
     assert recommender.add_interactions(table, user_column="who", item_column="what")["new_users"] == 1
 
 
+@pytest.mark.parametrize(
+    "user, pattern",
+    [
+        (float("nan"), r"row 0: user id nan is a float"),
+        (None, r"row 0: user id None is a NoneType"),
+        (["zoe"], r"row 0: user id \['zoe'\] is a list"),
+        ("  ", r"row 0: the user id is blank"),
+        (7, r"row 0: user id 7 is a int but the model's user ids are strs .*pass str\(7\)"),
+        (True, r"is a bool"),
+    ],
+    ids=["nan", "none", "list", "blank", "int-beside-strings", "bool"],
+)
+def test_a_user_id_that_is_not_an_id_is_refused(user, pattern):
+    recommender = _untrained()
+    before = recommender.user_ids
+    item = recommender.item_ids[0]
+    with pytest.raises(DataError, match=pattern):
+        recommender.add_interactions([(user, item)])
+    with pytest.raises(DataError, match=r"interactions row 1: .*user id"):  # pandas may hold None as NaN
+        recommender.add_interactions(pd.DataFrame({"user_id": ["fine", user], "item_id": [item, item]}))
+    assert recommender.user_ids == before  # nothing added by a refused call
+
+
+def test_an_explicit_solve_on_a_model_without_the_formula_is_refused():
+    recommender = _untrained(**{"model.name": "gcn"})
+    item = recommender.item_ids[0]
+    with pytest.raises(RequestError, match=r"method='solve' .* leave method unset or pass 'propagate'"):
+        recommender.add_interactions([("newcomer", item)], method="solve")
+    with pytest.raises(RequestError, match=r"method='solve'"):
+        recommender.recommend_for_history([item], k=3, method="solve")
+    assert recommender.add_interactions([("newcomer", item)], method="propagate")["new_users"] == 1
+
+
 def test_helpers_grow_a_csr_like_a_rebuild():
     rng = np.random.default_rng(0)
     users, items = rng.integers(0, 30, 200), rng.integers(0, 25, 200)

@@ -123,6 +123,42 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     assert any(issubclass(warning.category, CheckpointWarning) for warning in caught)
 
 
+def _truncate_state(workdir: Path, step: int) -> None:
+    for path in (workdir / "checkpoints" / str(step) / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 64:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_corrupt_best_checkpoint_falls_back_to_another(trained, tmp_path):
+    _, workdir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    store = CheckpointStore(copy, read_only=True)
+    best = store.best_step()
+    assert best is not None and len(store.steps()) >= 2
+    _truncate_state(copy, best)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        served = Recommender.from_checkpoint(copy)  # which="best"
+    assert served.step != best and served.step in store.steps()
+    assert any(issubclass(warning.category, CheckpointWarning) for warning in caught)
+
+
+def test_an_empty_step_folder_is_passed_over(trained, tmp_path):
+    """An interrupted copy can leave `checkpoints/99/` empty: serving and evaluation use the others."""
+    _, workdir, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    expected = Recommender.from_checkpoint(workdir)
+    (copy / "checkpoints" / "99").mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CheckpointWarning)
+        served = Recommender.from_checkpoint(copy)
+        latest = Recommender.from_checkpoint(copy, which="latest")
+    assert served.step == expected.step
+    assert latest.step == CheckpointStore(workdir, read_only=True).steps()[-1]
+
+
 def test_divergence_stops_with_clear_error_and_keeps_good_checkpoint(tmp_path):
     exploding = test_config.get_config()
     exploding.train.learning_rate = 1e30
@@ -239,3 +275,22 @@ def test_a_run_resumed_inside_an_epoch_logs_that_epochs_loss_over_all_its_steps(
     assert [_comparable(record) for record in _records(stopped)] == [
         _comparable(record) for record in _records(straight)
     ]
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    """A file written through a temporary one is not left private to its owner (mkstemp's 0600):
+    a new file gets 0666 less the umask, a replaced one keeps its mode."""
+    from graphrec_jax.files import write_atomic
+
+    previous = os.umask(0o027)
+    try:
+        fresh = write_atomic(tmp_path / "fresh.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        write_atomic(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_text() == "new"
+    finally:
+        os.umask(previous)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary left

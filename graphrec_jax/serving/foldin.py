@@ -82,6 +82,31 @@ def read_pairs(table, user_column: str = "user_id", item_column: str = "item_id"
     return users, items
 
 
+def check_ids(raw_ids: Sequence[Any], id_map: IdMap, *, where: str = "interactions row") -> None:
+    """Raises DataError unless every id is a non-blank string or an integer of the kind the map's
+    ids are (a new user "196" beside integer ids would be a second user, not user 196); `where`
+    names a position in messages, followed by the row number."""
+    noun = id_map.kind
+    known_kind = None
+    if len(id_map):
+        first = id_map.raw_ids[0]
+        known_kind = str if isinstance(first, str) else int if isinstance(first, int | np.integer) else None
+    for row, value in enumerate(raw_ids):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, str | int | np.integer):
+            raise DataError(
+                f"{where} {row}: {noun} id {value!r} is a {type(value).__name__}; ids must be integers or strings"
+            )
+        if isinstance(value, str) and not value.strip():
+            raise DataError(f"{where} {row}: the {noun} id is blank")
+        kind = str if isinstance(value, str) else int
+        if known_kind is not None and kind is not known_kind and value not in id_map:
+            raise DataError(
+                f"{where} {row}: {noun} id {value!r} is a {kind.__name__} but the model's {noun} ids are "
+                f"{known_kind.__name__}s (like {id_map.raw_ids[0]!r}); pass {known_kind.__name__}({value!r}) "
+                f"to name that {noun}"
+            )
+
+
 def plain_id(value):
     """A numpy scalar id as the Python scalar an `IdMap` holds."""
     return value.item() if isinstance(value, np.generic) else value
@@ -370,7 +395,7 @@ def latest_is_dynamic(store) -> bool:
         return False
     try:
         return bool(store.read_metadata(steps[-1]).get("dynamic"))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - an unreadable latest step (an empty folder, say) is not a saved state
         return False
 
 

@@ -8,7 +8,7 @@ answers in raw ids. It never imports the training stack.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,13 @@ SIMILARITY_SOURCES = ("categories", "text", "representation")
 
 class RequestError(ValueError):
     """Arguments a serving call cannot answer (a `k` that is not a positive integer, ...)."""
+
+
+def check_flag(value, name: str) -> bool:
+    """`value` as a bool; raises RequestError unless it is True or False (a string like "no" is not)."""
+    if not isinstance(value, bool | np.bool_):
+        raise RequestError(f"{name}={value!r} must be True or False")
+    return bool(value)
 
 
 def check_k(k, name: str = "k") -> int:
@@ -87,21 +94,21 @@ class Recommender:
         Args:
           workdir: the `--workdir` of a training run.
           step: a specific checkpoint step; None picks by `which`.
-          which: "best" (highest validation metric, falling back to the latest) or "latest". A state
+          which: "best" (highest validation metric; the latest when no checkpoint has one) or "latest";
+            a checkpoint that does not restore is passed over for the others, latest first. A state
             written by `save` or `scripts/update.py` supersedes the checkpoints it grew from: when it is
             the latest, "best" restores it.
         """
         if which not in ("best", "latest"):
             raise RequestError(f"which={which!r} must be 'best' or 'latest'")
-        if not has_checkpoints(workdir):
-            raise CheckpointError(
-                f"no checkpoints in {Path(workdir).resolve()}: train first with "
-                f"`python scripts/train.py --config configs/demo.py --workdir {workdir}`"
-            )
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0):
+            raise RequestError(f"step={step!r} must be a checkpoint step, a whole number >= 0 (or None)")
+        workdir = _checked_workdir(workdir)
         store = CheckpointStore(workdir, read_only=True)
+        first = None  # "best" tries the best step first, then the others latest first
         if step is None and which == "best" and not foldin.latest_is_dynamic(store):
-            step = store.best_step()  # None when no checkpoint has the metric: the latest
-        restored_step, state, arrays, metadata = store.restore(None, None, step=step)
+            first = store.best_step()  # None when no checkpoint has the metric: the latest
+        restored_step, state, arrays, metadata = store.restore(None, None, step=step, first=first)
         store.close()
         where = store.directory / str(restored_step)
         try:
@@ -168,7 +175,8 @@ class Recommender:
         """Top-`k` items per user, optionally re-ranked for diversity.
 
         Args:
-          user_ids: raw user ids (a single id is accepted too).
+          user_ids: raw user ids: a list, tuple, array, pandas Series or Index (in that order), or a
+            single id; one block of rows per id given.
           k: list length per user.
           exclude_seen: leave out each user's training items.
           candidates: raw item ids to choose from (None: every item).
@@ -191,6 +199,7 @@ class Recommender:
         """
         user_ids = _as_list(user_ids)
         k = check_k(k)
+        exclude_seen = check_flag(exclude_seen, "exclude_seen")
         diversity, source = self._check_diversity(diversity, method, pool, diversify_by, window, k)
         columns = ["user_id", "rank", "item_id", "score"]
         if not user_ids:
@@ -384,7 +393,8 @@ class Recommender:
                 "interactions only; train with a text fusion (text_only, concat, text_node_input), or with "
                 "semantic edges (model.text.semantic_k > 0), to add items from text"
             )
-        item_ids, texts = list(item_ids), list(texts)
+        item_ids, texts = _as_list(item_ids), [texts] if isinstance(texts, str | dict) else list(texts)
+        foldin.check_ids(item_ids, self.item_map, where="item_ids entry")
         if len(item_ids) != len(texts):
             raise RequestError(f"{len(item_ids)} item ids but {len(texts)} texts")
         known = [item for item in item_ids if item in self.item_map]
@@ -458,6 +468,12 @@ class Recommender:
           a DataFrame with columns user_id, item_id, score, kind, evidence_id, title, contribution.
         Raises UnknownIdError, RequestError for a model that is not linear in its inputs.
         """
+        for name, value in (("user_id", user_id), ("item_id", item_id)):
+            if not isinstance(value, str | bytes | int | np.integer):
+                raise RequestError(
+                    f"explain takes one {name}, got a {type(value).__name__}: use explain_pairs(user_ids, item_ids) "
+                    "for many pairs, or explain_recommendations(user_id) for one user's list"
+                )
         return self.explain_pairs([user_id], [item_id], k=k, fields=fields, encoder=encoder)
 
     def explain_pairs(
@@ -513,6 +529,10 @@ class Recommender:
     def explain_recommendations(self, user_id: Any, k: int = 10, *, evidence: int = 5) -> pd.DataFrame:
         """Explains `user_id`'s top-`k` recommendations in one call: `explain` for each, with a
         `rank` column."""
+        if not isinstance(user_id, str | bytes | int | np.integer):
+            raise RequestError(
+                f"explain_recommendations takes one user_id, got a {type(user_id).__name__}: call it once per user"
+            )
         top = self.recommend([user_id], k=k)
         table = self.explain_pairs([user_id] * len(top), top.item_id.tolist(), k=evidence)
         ranks = dict(zip(top.item_id.tolist(), top["rank"].tolist(), strict=True))
@@ -592,18 +612,22 @@ class Recommender:
             else fixed) or "propagate" (zero: its items' shares alone); None: `foldin.DEFAULT_METHOD`,
             which ranked best on ml-100k's held-out users (docs/BENCHMARKS.md, "Dynamic").
 
-        New users join the user map after the known ones; pairs already known are ignored. The graph
-        grows, the trained parameters stay. LightGCN folds each user with new interactions in from
+        New users join the user map after the known ones; pairs already known, or repeated in the
+        call, are ignored (counted as "known_interactions"). The graph grows, the trained parameters
+        stay. LightGCN folds each user with new interactions in from
         its new row of the graph, every other representation unchanged (`serving.foldin`: microseconds
         a user; `refresh()` propagates the grown graph exactly); other models propagate the grown
         graph again (exact, slower). Afterwards `recommend`, `score`, `explain`, `similar_users`,
         `similar_items` and `save` serve the new state.
 
         Returns counts {"new_users", "new_interactions", "known_interactions"}. Raises UnknownIdError
-        for an unknown item (add it first with `add_items`), DataError for a malformed table.
+        for an unknown item (add it first with `add_items`), DataError for a malformed table or a user
+        id that is not one (empty, NaN, a list; a number where the model's ids are strings, or the
+        reverse: "196" is not user 196).
         """
         method = self._fold_in_method(method)
         raw_users, raw_items = foldin.read_pairs(table, user_column, item_column)
+        foldin.check_ids(raw_users, self.user_map)
         items = self._known_items(raw_items, "interactions")
         new_ids = [user for user in dict.fromkeys(raw_users) if user not in self.user_map]
         user_map = foldin.grown_id_map(self.user_map, new_ids)
@@ -704,6 +728,10 @@ class Recommender:
         """
         from graphrec_jax.config import config_to_json
 
+        if not isinstance(workdir, str | Path) or not str(workdir):
+            raise RequestError(f"workdir={workdir!r} must be a directory path")
+        if Path(workdir).exists() and not Path(workdir).is_dir():
+            raise RequestError(f"workdir {workdir} is a file; pass a directory (new or a training run's)")
         setup = self.setup
         dataset = setup.dataset
         source = dict(getattr(self, "_checkpoint_metadata", None) or {})
@@ -781,9 +809,20 @@ class Recommender:
             self.__dict__["_foldin"] = state
 
     def _fold_in_method(self, method: str | None) -> str:
+        explicit = method is not None
         method = foldin.DEFAULT_METHOD if method is None else method
         if method not in foldin.METHODS:
             raise RequestError(f"method={method!r} must be one of {', '.join(map(repr, foldin.METHODS))}")
+        if (
+            explicit
+            and method == "solve"
+            and not foldin.supports_local(self.config.model.name, self.config.model.fusion)
+        ):
+            raise RequestError(
+                f"method='solve' fits a new user's own embedding in LightGCN on id embeddings; this model "
+                f"(model.name={self.config.model.name!r}, fusion={self.config.model.fusion!r}) propagates the grown "
+                "graph from a zero embedding instead: leave method unset or pass 'propagate'"
+            )
         return method
 
     def _known_items(self, raw_items: list, source: str) -> np.ndarray:
@@ -900,6 +939,35 @@ def _check_restored(config, dataset: Dataset, params: dict, arrays: dict) -> Non
 
 
 def _as_list(values) -> list:
-    if isinstance(values, (str, bytes, int, np.integer)) or not isinstance(values, Sequence | np.ndarray | pd.Index):
+    """Ids as a list: one id, or a list, tuple, array, pandas Series or Index, or any other
+    iterable of them; a set or a mapping is refused (its order is not the caller's)."""
+    if isinstance(values, (str, bytes, int, np.integer)):
         return [values]
-    return list(values)
+    if isinstance(values, (set, frozenset, Mapping)):
+        raise RequestError(
+            f"ids given as a {type(values).__name__} have no order; pass a list (sorted(...) or list(...))"
+        )
+    if isinstance(values, np.ndarray | pd.Series | pd.Index):
+        if values.ndim > 1:
+            raise RequestError(f"ids must be one-dimensional, got an array of shape {values.shape}")
+        return values.tolist() if values.ndim else [values.item()]
+    if isinstance(values, Sequence | Iterable):
+        return list(values)
+    return [values]
+
+
+def _checked_workdir(workdir) -> Path:
+    """`workdir` as a Path holding checkpoints, or a CheckpointError/RequestError that names the fix."""
+    if not isinstance(workdir, str | Path) or not str(workdir):
+        raise RequestError(f"workdir={workdir!r} must be the path of a training run's --workdir")
+    workdir = Path(workdir)
+    if has_checkpoints(workdir):
+        return workdir
+    # The checkpoint folder itself, or one step of it, passed instead of the run's workdir.
+    for inner, run in ((workdir, workdir.parent), (workdir.parent, workdir.parent.parent)):
+        if inner.name == "checkpoints" and has_checkpoints(run):
+            raise CheckpointError(f"{workdir} is inside a run's checkpoint folder; pass the run's workdir, {run}")
+    raise CheckpointError(
+        f"no checkpoints in {workdir.resolve()}: train first with "
+        f"`python scripts/train.py --config configs/demo.py --workdir {workdir}`"
+    )
