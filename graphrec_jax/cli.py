@@ -38,6 +38,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from graphrec_jax.data.errors import DataError
     from graphrec_jax.data.types import UnknownIdError
     from graphrec_jax.serving.recommender import RequestError
+    from graphrec_jax.text.pretraining import PretrainingError
     from graphrec_jax.training.hooks import NonFiniteLossError
 
     return (
@@ -47,6 +48,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         RequestError,
         NonFiniteLossError,
+        PretrainingError,
         UsageError,
         devices.DistributedSetupError,
         FileNotFoundError,

@@ -155,6 +155,35 @@ def test_pretrain_text_refuses_negative_steps_before_any_work(tmp_path):
     assert not output.exists()
 
 
+def test_pretrain_text_answers_what_it_finds_after_reading_in_one_line(tiny_bert, tmp_path):
+    """A length past the encoder's positions is known only once the encoder is read; a texts file
+    with no text only once it is read: both still end in one line."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red stapler\nblue ink\n")
+    output = tmp_path / "out"
+    common = ("--encoder", tiny_bert, "--output", str(output), "--steps", "1")
+    line = _error_line(_script("pretrain_text.py", *common, "--texts-file", str(texts), "--max-length", "100000"))
+    assert "max_length=100000 exceeds the encoder's max_position_embeddings" in line and "or less" in line
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n\n")
+    line = _error_line(_script("pretrain_text.py", *common, "--texts-file", str(blank)))
+    assert line == "error: pretrain_mlm needs at least one non-empty text"
+    assert not output.exists()
+
+
+def test_an_item_text_file_that_is_not_json_is_a_data_error(tmp_path):
+    from graphrec_jax.data.errors import DataError
+    from graphrec_jax.text.item_text import read_amazon_item_records
+
+    broken = tmp_path / "Shop.item.json"
+    broken.write_text('{"i1": {"title": "x"')
+    with pytest.raises(DataError, match=r"Shop\.item\.json is not a JSON file"):
+        read_amazon_item_records(tmp_path)
+    broken.write_text("[1, 2]")
+    with pytest.raises(DataError, match=r"expected a JSON object"):
+        read_amazon_item_records(tmp_path, "Shop")
+
+
 PRETRAIN_DEFAULTS = dict(
     steps=10, batch_size=32, learning_rate=5e-5, mask_probability=0.15, max_length=128, seed=0, log_every=10
 )

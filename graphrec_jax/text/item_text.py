@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from graphrec_jax.data.errors import DataError
+
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -81,10 +83,13 @@ def read_amazon_item_records(data_path: str | Path, name: str = "") -> tuple[lis
         path = candidates[0]
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path) as file:
-        items = json.load(file)
+    try:
+        with open(path) as file:
+            items = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path} is not a JSON file ({error}); expected {{item_id: {{field: text}}}}") from None
     if not isinstance(items, dict):
-        raise ValueError(f"{path}: expected a JSON object {{item_id: {{field: text}}}}")
+        raise DataError(f"{path}: expected a JSON object {{item_id: {{field: text}}}}")
     return list(items), [value if isinstance(value, dict) else None for value in items.values()]
 
 

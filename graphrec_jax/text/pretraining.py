@@ -37,6 +37,11 @@ from graphrec_jax.text.pretrained import (
 Batch = dict[str, np.ndarray]
 
 
+class PretrainingError(ValueError):
+    """A request `pretrain_mlm` cannot run (a bad count, no text, a length past the encoder's), or
+    a run whose loss diverged; the message names the fix. Scripts answer it in one line."""
+
+
 def mask_tokens(
     rng: np.random.Generator,
     input_ids: np.ndarray,
@@ -148,19 +153,22 @@ def pretrain_mlm(
     from transformers import AutoTokenizer
 
     if num_steps < 1 or batch_size < 1 or log_every < 1:
-        raise ValueError(f"num_steps={num_steps}, batch_size={batch_size}, log_every={log_every} must be >= 1")
+        raise PretrainingError(f"num_steps={num_steps}, batch_size={batch_size}, log_every={log_every} must be >= 1")
     if not 0.0 < mask_probability < 1.0:
-        raise ValueError(f"mask_probability={mask_probability} must lie in (0, 1)")
+        raise PretrainingError(f"mask_probability={mask_probability} must lie in (0, 1)")
     texts = ["" if text is None else str(text) for text in texts]
     if not any(texts):
-        raise ValueError("pretrain_mlm needs at least one non-empty text")
+        raise PretrainingError("pretrain_mlm needs at least one non-empty text")
     directory = resolve_model_directory(encoder_dir)
     config, state = read_checkpoint(directory)
     if max_length > config.max_position_embeddings:
-        raise ValueError(f"max_length={max_length} exceeds max_position_embeddings={config.max_position_embeddings}")
+        raise PretrainingError(
+            f"max_length={max_length} exceeds the encoder's max_position_embeddings={config.max_position_embeddings}; "
+            f"use a max_length of {config.max_position_embeddings} or less"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     if tokenizer.mask_token_id is None:
-        raise ValueError(f"the tokenizer in {directory} has no [MASK] token")
+        raise PretrainingError(f"the tokenizer in {directory} has no [MASK] token")
 
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     tokens = pad_token_lists(encoded, len(encoded), max_length, config.pad_token_id)
@@ -214,7 +222,7 @@ def pretrain_mlm(
             params, opt_state, loss = train_step(params, opt_state, batch, jax.random.fold_in(dropout_key, step))
             losses.append(float(loss))
             if not math.isfinite(losses[-1]):
-                raise FloatingPointError(f"MLM loss is {losses[-1]} at step {step}; lower the learning rate")
+                raise PretrainingError(f"MLM loss is {losses[-1]} at step {step}; lower the learning rate")
             if step % log_every == 0 or step in (1, num_steps):
                 window = losses[-log_every:] if step % log_every == 0 else losses[-1:]
                 record = {"step": step, "loss": float(np.mean(window)), "last_loss": losses[-1]}
