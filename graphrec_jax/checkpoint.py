@@ -6,7 +6,9 @@ Each checkpoint holds three items:
     graph and to exclude seen items) and, for text models, the per-node text features;
   metadata: JSON with the config, the id maps, the epoch position and the metrics.
 
-It keeps the latest `keep` checkpoints and the best by the validation metric. Orbax
+It keeps the latest `keep` checkpoints and the best by the validation metric, read from each
+checkpoint's own metadata, so the best survives a resume and a `Recommender.save` (Orbax's own
+best-N policy knows only the metrics of the steps its manager saved). Orbax
 writes each checkpoint to a temporary directory and renames it when complete, so a run
 killed mid-save leaves the previous checkpoints intact; a checkpoint that fails to restore
 (truncated or corrupt files) is reported and the one before it is used.
@@ -74,16 +76,10 @@ class CheckpointStore:
     def __init__(self, workdir: str | Path, *, keep: int = 2, best_metric: str = "", read_only: bool = False):
         self.directory = checkpoint_directory(workdir)
         self.best_metric = best_metric
+        self._best = _BestRecorded()
         policies = [checkpoint_managers.LatestN(n=keep)]
         if best_metric:
-            policies.append(
-                checkpoint_managers.BestN(
-                    get_metric_fn=lambda metrics: metrics[best_metric],
-                    reverse=True,  # sort descending: higher is better
-                    n=1,
-                    keep_checkpoints_without_metrics=False,
-                )
-            )
+            policies.append(self._best)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
             create=not read_only,
@@ -94,6 +90,19 @@ class CheckpointStore:
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "arrays", "metadata"), options=options
         )
+        if best_metric and not read_only:  # the metrics of the steps already on disk
+            for step in self.steps():
+                value = self._recorded_metric(step)
+                if value is not None:
+                    self._best.values[step] = value
+
+    def _recorded_metric(self, step: int) -> float | None:
+        """Step `step`'s best metric as its metadata records it; None when absent or unreadable."""
+        try:
+            value = self.read_metadata(step).get("metrics", {}).get(self.best_metric)
+        except Exception:  # noqa: BLE001 - an unreadable step cannot be the best; restore skips it too
+            return None
+        return None if value is None else float(value)
 
     def save(
         self,
@@ -113,6 +122,7 @@ class CheckpointStore:
         orbax_metrics = None
         if metrics and self.best_metric in metrics:
             orbax_metrics = {self.best_metric: float(metrics[self.best_metric])}
+            self._best.values[step] = orbax_metrics[self.best_metric]
         self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -214,6 +224,21 @@ class CheckpointStore:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+class _BestRecorded:
+    """An Orbax preservation policy that keeps the step with the highest recorded metric
+    (`values`: step -> metric, filled by `CheckpointStore` from the checkpoints' metadata and
+    from each save; a step without one is left to the other policies)."""
+
+    def __init__(self):
+        self.values: dict[int, float] = {}
+
+    def should_preserve(self, checkpoints, *, context) -> list[bool]:
+        del context
+        known = [info.step for info in checkpoints if info.step in self.values]
+        best = max(known, key=lambda step: (self.values[step], -step), default=None)  # ties: the earliest, as best_step
+        return [info.step == best for info in checkpoints]
 
 
 def _restore_args(abstract):

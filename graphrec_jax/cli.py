@@ -211,12 +211,26 @@ def _check_same_data(dataset, recommender, workdir: str) -> None:
         and dataset.num_items == len(recommender.item_map)
         and len(dataset.train) == len(recommender.setup.dataset.train)
     )
-    if not same:
+    if same:
+        return
+    data = recommender.config.data
+    source = (
+        "the config's synthetic catalogue" if data.format == "synthetic" else f"the data at data.path={data.path!r}"
+    )
+    served = (
+        f"({len(recommender.user_map)} users, {len(recommender.item_map)} items, "
+        f"{len(recommender.setup.dataset.train)} training interactions)"
+    )
+    if (getattr(recommender, "_checkpoint_metadata", None) or {}).get("dynamic"):
+        from graphrec_jax.checkpoint import CheckpointStore
+
+        steps = [step for step in CheckpointStore(workdir, read_only=True).steps() if step != recommender.step]
         raise DataError(
-            f"the data at data.path={recommender.config.data.path!r} no longer matches the data the "
-            f"model in {workdir} was trained on ({len(recommender.user_map)} users, "
-            f"{len(recommender.item_map)} items, {len(recommender.setup.dataset.train)} training interactions)"
+            f"step {recommender.step} of {workdir} was written by a fold-in save or scripts/update.py: it serves "
+            f"data that {source} lacks {served}, so that data cannot evaluate it; evaluate a training step with "
+            f"--step (on disk: {', '.join(map(str, steps)) or 'none'}), or retrain on the grown data"
         )
+    raise DataError(f"{source} no longer matches the data the model in {workdir} was trained on {served}")
 
 
 def split_user_ids(text: str) -> list[str]:
@@ -372,6 +386,11 @@ def describe_explanations(recommender, table) -> str:
 def run_update(workdir: str, interactions: str, *, steps: int, replay: float) -> dict:
     """Trains a workdir's latest checkpoint on new interactions (`training.update.update_from_workdir`),
     writes the result as a new checkpoint step there, and prints a JSON summary last."""
+    if not Path(interactions).is_file():
+        raise UsageError(
+            f"--interactions {interactions} is not a file; pass a CSV, TSV or Parquet table with columns "
+            "user_id,item_id (one new interaction a row)"
+        )
     _setup_logging()
     from graphrec_jax.training.update import update_from_workdir
 

@@ -355,8 +355,25 @@ def test_the_update_script_trains_and_answers_errors_in_one_line(trained, workdi
         (("--workdir", tmp_path / "nothing", "--interactions", rows), "no checkpoints"),
         (("--workdir", workdir_copy, "--interactions", bad), "no column 'user_id'"),
         (("--workdir", workdir_copy, "--interactions", rows, "--steps", -1), "steps=-1"),
+        (("--workdir", workdir_copy, "--interactions", tmp_path / "absent.csv"), "--interactions"),
     ):
         failed = _script(*arguments)
         assert failed.returncode == 2
         lines = failed.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], failed.stderr
+
+
+def test_evaluating_a_saved_fold_in_names_the_training_steps(trained, workdir_copy):
+    """A fold-in save serves users the config's data lacks: evaluation names the steps it can evaluate."""
+    from graphrec_jax.checkpoint import CheckpointStore
+    from graphrec_jax.cli import run_evaluation
+
+    training_steps = CheckpointStore(workdir_copy, read_only=True).steps()
+    served = Recommender.from_checkpoint(workdir_copy)
+    served.add_interactions([("newcomer", served.item_ids[0])])
+    saved = served.save(workdir_copy)
+    with pytest.raises(
+        DataError, match=rf"step {saved} of .* fold-in save .* --step \(on disk: .*{training_steps[-1]}"
+    ):
+        run_evaluation(str(workdir_copy))
+    assert run_evaluation(str(workdir_copy), step=training_steps[-1])["step"] == training_steps[-1]

@@ -294,3 +294,26 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary left
+
+
+def test_the_best_checkpoint_survives_a_resume_and_a_save(tmp_path):
+    """Orbax's best-N policy knows only the metrics its own manager saved: a resumed run or a
+    `Recommender.save` would otherwise delete the best checkpoint of the run before it."""
+    config = test_config.get_config()
+    config.train.num_epochs, config.train.eval_every_epochs, config.train.keep_checkpoints = 3, 1, 1
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, workdir)
+    longer = test_config.get_config()
+    longer.train.num_epochs, longer.train.eval_every_epochs, longer.train.keep_checkpoints = 6, 1, 1
+    train_and_evaluate(longer, workdir)
+    records = _records(workdir)
+    metric = f"test/{longer.eval.best_metric}@{longer.eval.k}"  # the test config validates on its test split
+    best = max(records, key=lambda record: (record[metric], -record["step"]))["step"]
+    store = CheckpointStore(workdir, read_only=True)
+    assert best in store.steps() and store.best_step() == best
+    served = Recommender.from_checkpoint(workdir, which="latest")
+    served.add_interactions([("newcomer", served.item_ids[0])])
+    for _ in range(2):  # keep 1: each save would drop every older step but the best
+        saved = served.save(workdir)
+    steps = CheckpointStore(workdir, read_only=True).steps()
+    assert best in steps and saved in steps and len(steps) == 2
