@@ -44,6 +44,7 @@ ALLOWED = {
     "plots": set(),
     "checkpoint": set(),
     "config": {"data", "graph", "kernels", "models", "text"},
+    "cli_flags": {"cli"},  # the scripts' flag parsing, beside the top edge: it uses cli's one-line answer
 }
 
 
