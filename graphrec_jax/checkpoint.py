@@ -96,11 +96,12 @@ class CheckpointStore:
                 if value is not None:
                     self._best.values[step] = value
 
-    def _recorded_metric(self, step: int) -> float | None:
-        """Step `step`'s best metric as its metadata records it; None when absent or unreadable."""
+    def _recorded_metric(self, step: int, metric: str | None = None) -> float | None:
+        """Step `step`'s `metric` (default: `best_metric`) as its metadata records it; None when
+        absent or unreadable (an unreadable step cannot be the best; restore skips it too)."""
         try:
-            value = self.read_metadata(step).get("metrics", {}).get(self.best_metric)
-        except Exception:  # noqa: BLE001 - an unreadable step cannot be the best; restore skips it too
+            value = self.read_metadata(step).get("metrics", {}).get(metric or self.best_metric)
+        except Exception:  # noqa: BLE001 - any failure to read means the step is unusable
             return None
         return None if value is None else float(value)
 
@@ -152,10 +153,7 @@ class CheckpointStore:
                 metric = ""
         best, best_value = None, -np.inf
         for step in steps:
-            try:
-                value = self.read_metadata(step).get("metrics", {}).get(metric)
-            except Exception:  # noqa: BLE001 - an unreadable step cannot be the best; restore skips it too
-                continue
+            value = self._recorded_metric(step, metric) if metric else None
             if value is not None and value > best_value:
                 best, best_value = step, value
         return best

@@ -103,15 +103,11 @@ def run_training(
 
     In a multi-process run every process restores the model for the top-10 (a restore is a
     collective), process 0 prints, and every process leaves the distributed runtime before it
-    returns, so none is left waiting for another. A non-finite config value, a negative
-    `show_users` or a `workdir` that is a file raises before anything is written.
+    returns, so none is left waiting for another. A negative `show_users` raises before anything
+    is written, as `train_and_evaluate` does for a bad config or a workdir that is a file.
     """
-    from graphrec_jax.config import validate_config
-
-    validate_config(config)
     if show_users < 0:
         raise UsageError(f"--show_users={show_users} must be >= 0")
-    check_workdir(workdir)
     _setup_logging()
     devices.initialize_distributed(coordinator_address, num_processes, process_id)
     try:
@@ -133,17 +129,6 @@ def run_training(
         # default action, so that a process can always be stopped.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         devices.shutdown_distributed()
-
-
-def check_workdir(workdir: str) -> None:
-    """Raises `UsageError` when `workdir`, or a folder it would sit in, is a file."""
-    path = Path(workdir)
-    for folder in (path, *path.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = f"--workdir {workdir}" if folder == path else f"--workdir {workdir}: {folder}"
-                raise UsageError(f"{where} is a file; pass a directory")
-            return
 
 
 def format_recommendations(recommender, user_ids: Sequence, k: int = 10) -> str:

@@ -47,3 +47,13 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The first of `path` and its parents that exists, when it is not a directory (a file where
+    a folder is to be made or used); None when `path` is or can become a folder."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return None if folder.is_dir() else folder
+    return None

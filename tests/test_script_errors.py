@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from configs import test as test_config
-from graphrec_jax.cli import UsageError, check_workdir, split_user_ids
+from graphrec_jax.cli import UsageError, split_user_ids
 from graphrec_jax.config import ConfigError, validate_config
 from tests.helpers import REPO_ROOT, override, subprocess_environment
 
@@ -126,12 +126,17 @@ def test_non_finite_config_values_are_named():
         validate_config(override(test_config.get_config(), **{"train.learning_rate": float("-inf")}))
 
 
-def test_check_workdir(tmp_path):
-    check_workdir(str(tmp_path))  # an existing folder
-    check_workdir(str(tmp_path / "new" / "run"))  # folders still to be made
+def test_a_workdir_under_a_file_is_refused_by_the_api_too(tmp_path):
+    from graphrec_jax.files import file_in_the_way
+    from graphrec_jax.training.workdir import train_and_evaluate
+
+    assert file_in_the_way(tmp_path) is None  # an existing folder
+    assert file_in_the_way(tmp_path / "new" / "run") is None  # folders still to be made
     (tmp_path / "file").write_text("")
-    with pytest.raises(UsageError, match="is a file; pass a directory"):
-        check_workdir(str(tmp_path / "file" / "run"))
+    assert file_in_the_way(tmp_path / "file" / "run") == tmp_path / "file"
+    with pytest.raises(ConfigError, match="is a file; pass a directory"):
+        train_and_evaluate(test_config.get_config(), tmp_path / "file" / "run")
+    assert (tmp_path / "file").read_text() == ""
 
 
 # ---------------------------------------------------------------------------- pretrain_text.py

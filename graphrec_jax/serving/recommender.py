@@ -21,6 +21,7 @@ from graphrec_jax.checkpoint import CheckpointError, CheckpointStore, has_checkp
 from graphrec_jax.config import ConfigError, config_from_json, validate_config
 from graphrec_jax.data.prepare import CATEGORY_FIELDS, item_categories
 from graphrec_jax.data.types import Dataset, IdMap, Interactions, SocialLinks, UnknownIdError
+from graphrec_jax.files import file_in_the_way
 from graphrec_jax.graph.sparse import graph_operator
 from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.models.setup import ModelSetup, build_setup
@@ -469,7 +470,7 @@ class Recommender:
         Raises UnknownIdError, RequestError for a model that is not linear in its inputs.
         """
         for name, value in (("user_id", user_id), ("item_id", item_id)):
-            if not isinstance(value, str | bytes | int | np.integer):
+            if not _is_one_id(value):
                 raise RequestError(
                     f"explain takes one {name}, got a {type(value).__name__}: use explain_pairs(user_ids, item_ids) "
                     "for many pairs, or explain_recommendations(user_id) for one user's list"
@@ -529,7 +530,7 @@ class Recommender:
     def explain_recommendations(self, user_id: Any, k: int = 10, *, evidence: int = 5) -> pd.DataFrame:
         """Explains `user_id`'s top-`k` recommendations in one call: `explain` for each, with a
         `rank` column."""
-        if not isinstance(user_id, str | bytes | int | np.integer):
+        if not _is_one_id(user_id):
             raise RequestError(
                 f"explain_recommendations takes one user_id, got a {type(user_id).__name__}: call it once per user"
             )
@@ -730,8 +731,10 @@ class Recommender:
 
         if not isinstance(workdir, str | Path) or not str(workdir):
             raise RequestError(f"workdir={workdir!r} must be a directory path")
-        if Path(workdir).exists() and not Path(workdir).is_dir():
-            raise RequestError(f"workdir {workdir} is a file; pass a directory (new or a training run's)")
+        blocked = file_in_the_way(workdir)
+        if blocked is not None:
+            where = f"workdir {workdir}" if blocked == Path(workdir) else f"workdir {workdir}: {blocked}"
+            raise RequestError(f"{where} is a file; pass a directory (new or a training run's)")
         setup = self.setup
         dataset = setup.dataset
         source = dict(getattr(self, "_checkpoint_metadata", None) or {})
@@ -938,10 +941,15 @@ def _check_restored(config, dataset: Dataset, params: dict, arrays: dict) -> Non
             raise ValueError(f"a text model needs text_features for its {num_nodes} nodes, found {rows} rows")
 
 
+def _is_one_id(value) -> bool:
+    """Whether `value` is a single raw id (a string or an integer) rather than a collection of them."""
+    return isinstance(value, str | bytes | int | np.integer)
+
+
 def _as_list(values) -> list:
     """Ids as a list: one id, or a list, tuple, array, pandas Series or Index, or any other
     iterable of them; a set or a mapping is refused (its order is not the caller's)."""
-    if isinstance(values, (str, bytes, int, np.integer)):
+    if _is_one_id(values):
         return [values]
     if isinstance(values, (set, frozenset, Mapping)):
         raise RequestError(
@@ -951,7 +959,7 @@ def _as_list(values) -> list:
         if values.ndim > 1:
             raise RequestError(f"ids must be one-dimensional, got an array of shape {values.shape}")
         return values.tolist() if values.ndim else [values.item()]
-    if isinstance(values, Sequence | Iterable):
+    if isinstance(values, Iterable):
         return list(values)
     return [values]
 

@@ -21,7 +21,7 @@ from graphrec_jax import devices
 from graphrec_jax.checkpoint import CheckpointStore, has_checkpoints
 from graphrec_jax.config import ConfigError, config_from_json, config_to_json, validate_config
 from graphrec_jax.data.types import Dataset
-from graphrec_jax.files import write_atomic
+from graphrec_jax.files import file_in_the_way, write_atomic
 from graphrec_jax.models.network import TEXT_FUSIONS
 from graphrec_jax.training import hooks as hook_types
 from graphrec_jax.training.loop import Loop, train_loop
@@ -51,10 +51,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Returns the last evaluation's record (metrics with "epoch" and "step"). Raises ConfigError
     or DataError before anything is written when the config or the input is invalid (also when
-    the workdir holds a run with a different config), NonFiniteLossError (leaving the last good
+    the workdir holds a run with a different config, or is a file), NonFiniteLossError (leaving the last good
     checkpoint) when the loss diverges, and `hooks.Preempted` after saving on a SIGTERM.
     """
     validate_config(config)
+    blocked = file_in_the_way(workdir)
+    if blocked is not None:
+        where = f"--workdir {workdir}" if blocked == Path(workdir) else f"--workdir {workdir}: {blocked}"
+        raise ConfigError(f"{where} is a file; pass a directory")
     run = build_run(config)  # the data is read and checked here: nothing is written before
     dataset = run.setup.dataset
     best_metric = f"{validation_split_name(config, dataset)}/{config.eval.best_metric}@{config.eval.k}"
