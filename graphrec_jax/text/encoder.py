@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from graphrec_jax.text.bert import POOLINGS, BertConfig, BertModel, compute_dtype, pool
-from graphrec_jax.text.pretrained import load_pretrained, resolve_model_directory
+from graphrec_jax.text.pretrained import load_pretrained, resolve_model_directory, transformers_tokenizers
 
 # Sequence lengths are rounded up to a multiple of this: at most max_length / 16 compiled
 # shapes, while short texts do not pay for max_length tokens.
@@ -205,7 +205,7 @@ class TextEncoder:
         workers: int = 0,
     ) -> TextEncoder:
         """Loads config, weights and tokenizer from a HF checkpoint directory (or hub name)."""
-        from transformers import AutoTokenizer
+        AutoTokenizer = transformers_tokenizers().AutoTokenizer
 
         directory = resolve_model_directory(dir_or_name)
         config, params = load_pretrained(directory)

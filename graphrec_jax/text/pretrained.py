@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,16 @@ StateDict = dict[str, np.ndarray]
 # Buffers that PyTorch checkpoints carry and our module computes instead.
 _IGNORED_KEYS = ("embeddings.position_ids", "bert.embeddings.position_ids")
 _HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "vocab.txt", "tokenizer*", "special_*"]
+
+
+def transformers_tokenizers():
+    """`transformers`, imported for its tokenizers only: the text tower is our own Flax BERT, so
+    transformers' advice that PyTorch is missing (printed on import without it) is noise here and
+    is turned off unless `TRANSFORMERS_NO_ADVISORY_WARNINGS` is already set."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import transformers
+
+    return transformers
 
 
 def resolve_model_directory(dir_or_name: str | Path) -> Path:
@@ -288,7 +299,7 @@ def create_random_checkpoint(
       config: architecture; default 2 layers, hidden 32, 4 heads, 64 positions.
     Not jittable (file I/O).
     """
-    from transformers import BertTokenizer
+    BertTokenizer = transformers_tokenizers().BertTokenizer
 
     vocabulary = list(dict.fromkeys(list(SPECIAL_TOKENS) + [word.lower() for word in words]))
     tokenizer = BertTokenizer(vocab={token: index for index, token in enumerate(vocabulary)})

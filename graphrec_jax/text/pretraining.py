@@ -32,6 +32,7 @@ from graphrec_jax.text.pretrained import (
     read_checkpoint,
     resolve_model_directory,
     save_pretrained,
+    transformers_tokenizers,
 )
 
 Batch = dict[str, np.ndarray]
@@ -150,7 +151,7 @@ def pretrain_mlm(
     Returns:
       `{"first_loss", "last_loss", "losses" (one per step), "num_steps", "output_dir"}`.
     """
-    from transformers import AutoTokenizer
+    AutoTokenizer = transformers_tokenizers().AutoTokenizer
 
     if num_steps < 1 or batch_size < 1 or log_every < 1:
         raise PretrainingError(f"num_steps={num_steps}, batch_size={batch_size}, log_every={log_every} must be >= 1")
